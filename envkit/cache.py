@@ -1,0 +1,173 @@
+"""The on-disk cache: pristine clusters and migrated-and-seeded snapshots.
+
+Entries are directories under ``<cache>/<kind>/<key>``, written to a temporary
+name and renamed into place (readers never see half an entry), and evicted
+least-recently-used first when the cache grows past ``cache_max_mb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from .config import Config
+from .proc import run
+
+log = logging.getLogger("envkit")
+
+
+def root(config: Config) -> Path:
+    if config.cache_dir:
+        return config.path(config.cache_dir)
+    base = config.environ.get("XDG_CACHE_HOME") or str(Path(config.environ.get("HOME", "~")).expanduser() / ".cache")
+    return Path(base) / "envkit"
+
+
+def lookup(config: Config, kind: str, key: str) -> Path | None:
+    path = root(config) / kind / key
+    if (path / ".complete").exists():
+        os.utime(path)
+        return path
+    return None
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy a directory tree, keeping owners and modes (cp is several times faster than copytree)."""
+    run(["cp", "-a", "--", str(src), str(dst)])
+
+
+def store(config: Config, kind: str, key: str, src: Path, extra: Iterable[Path] = ()) -> Path:
+    """Copy ``src`` (and ``extra`` files beside it) into the cache under ``key``."""
+    final = root(config) / kind / key
+    final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = final.with_name(f".{key}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(mode=0o700)
+    copy_tree(src, tmp / src.name)
+    for file in extra:
+        shutil.copy2(file, tmp / file.name)
+    (tmp / ".complete").write_text(str(time.time()))
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another run stored it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    _evict(config)
+    return final
+
+
+def clear(config: Config) -> int:
+    """Remove every cache entry; returns the bytes freed."""
+    path = root(config)
+    size = _size(path)
+    shutil.rmtree(path, ignore_errors=True)
+    return size
+
+
+def entries(config: Config) -> list[tuple[str, str, int, float]]:
+    """(kind, key, bytes, last use) of each entry."""
+    out = []
+    base = root(config)
+    if base.is_dir():
+        for kind in sorted(p for p in base.iterdir() if p.is_dir()):
+            for entry in kind.iterdir():
+                if (entry / ".complete").exists():
+                    out.append((kind.name, entry.name, _size(entry), entry.stat().st_mtime))
+    return out
+
+
+def _evict(config: Config) -> None:
+    limit = config.cache_max_mb * 1024 * 1024
+    items = sorted(entries(config), key=lambda e: e[3])
+    total = sum(e[2] for e in items)
+    while items and total > limit:
+        kind, key, size, _ = items.pop(0)
+        log.info("cache: evicting %s/%s (%d MB) to stay under %d MB", kind, key, size >> 20, config.cache_max_mb)
+        shutil.rmtree(root(config) / kind / key, ignore_errors=True)
+        total -= size
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def fingerprint(config: Config, *parts: str) -> str:
+    """A key for everything that decides the migrated and seeded database's content."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() + b"\0")
+    digest.update(repr((config.database, config.postgres.user, config.migrations, config.seed)).encode())
+    for file in sorted(_content_files(config)):
+        digest.update(str(file.relative_to(config.root) if file.is_relative_to(config.root) else file).encode())
+        try:
+            digest.update(file.read_bytes())
+        except OSError:
+            digest.update(b"<missing>")
+    return digest.hexdigest()[:20]
+
+
+def _content_files(config: Config) -> set[Path]:
+    m, s = config.migrations, config.seed
+    files: set[Path] = set()
+    kind = m.kind
+    if kind in ("auto", "alembic"):
+        ini = config.path(m.alembic_ini)
+        if ini.is_file():
+            files.add(ini)
+            files.update(_tree(_alembic_scripts(ini)))
+    elif kind == "sql":
+        files.update(_tree(config.path(m.directory)))
+    elif kind == "metadata" and m.target:
+        files.update(_module_files(m.target.split(":")[0], config.root))
+    elif kind == "command":
+        files.update(_tree(config.path(m.directory)))
+    if s.file:
+        files.add(config.path(s.file))
+    files.update(config.path(p) for p in s.sql)
+    if s.hook:
+        files.update(_module_files(s.hook.split(":")[0], config.root))
+    return files
+
+
+def _alembic_scripts(ini: Path) -> Path:
+    import configparser
+
+    parser = configparser.ConfigParser(defaults={"here": str(ini.parent)})
+    parser.read(ini)
+    location = parser.get("alembic", "script_location", fallback="migrations")
+    return (ini.parent / location).resolve()
+
+
+def _tree(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    return [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+
+
+def _module_files(module: str, root: Path) -> list[Path]:
+    """The source of a module (and its package), found without importing it."""
+    candidate = root / Path(*module.split("."))
+    for path in (candidate.with_suffix(".py"), candidate):
+        if path.is_file():
+            return [path]
+        if path.is_dir():
+            return _tree(path)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return []
+    if spec and spec.submodule_search_locations:
+        return [p for loc in spec.submodule_search_locations for p in _tree(Path(loc))]
+    return [Path(spec.origin)] if spec and spec.origin else []

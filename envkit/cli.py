@@ -1,0 +1,263 @@
+"""The ``envkit`` command: parse, build a Config, call the library, map errors to exit codes.
+
+Exit codes: the child's own for ``test`` and ``run``; 3 for envkit's own
+failures (one line on stderr, no traceback); 130, 143, 129 for SIGINT,
+SIGTERM, SIGHUP; 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__, lifecycle
+from . import config as config_mod
+from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted
+from .output import StageReporter, configure_logging
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Ctx:
+    """Options shared by every command."""
+
+    def __init__(self, **opts: Any) -> None:
+        self.opts = opts
+        self.reporter = StageReporter(quiet=opts["quiet"], as_json=opts["as_json"])
+
+    def config(self) -> config_mod.Config:
+        overrides: dict[str, Any] = {}
+        if self.opts.get("backend"):
+            overrides["backend"] = self.opts["backend"]
+        if self.opts.get("timeout"):
+            overrides["timeout"] = self.opts["timeout"]
+        if self.opts.get("no_cache"):
+            overrides["cache"] = False
+        return config_mod.load(Path.cwd(), config_file=self.opts.get("config_file"), overrides=overrides)
+
+
+def common(fn: Callable[..., int | None]) -> Callable[..., None]:
+    """Options every command takes, and the error → exit-code mapping."""
+
+    @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help="envkit.toml or pyproject.toml to use.")
+    @click.option("-b", "--backend", type=click.Choice(config_mod.BACKEND_NAMES), help="How services run [default: auto].")
+    @click.option("--timeout", type=float, help="Seconds to wait for each service [default: 30].")
+    @click.option("--no-cache", is_flag=True, help="Do not use or fill the cluster and snapshot caches.")
+    @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+    @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
+    @click.option("--json", "as_json", is_flag=True, help="Print a JSON document for machines.")
+    @functools.wraps(fn)
+    def wrapper(**kwargs: Any) -> None:
+        opts = {k: kwargs.pop(k) for k in ("config_file", "backend", "timeout", "no_cache", "quiet", "verbose", "as_json")}
+        configure_logging(-1 if opts["quiet"] else opts["verbose"])
+        ctx = Ctx(**opts)
+        lifecycle.install_signal_handlers()
+        try:
+            code = fn(ctx, **kwargs) or 0
+        except Interrupted as exc:
+            ctx.reporter.close()
+            click.echo(f"envkit: {exc}", err=True)
+            code = exc.exit_code
+        except EnvkitError as exc:
+            ctx.reporter.close()
+            where = f" [{exc.stage}]" if exc.stage else ""
+            if opts["as_json"]:
+                click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": str(exc)}))
+            click.echo(f"envkit: error{where}: {exc}", err=True)
+            code = EXIT_ENVKIT_ERROR
+        ctx.reporter.close()
+        sys.exit(code)
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="envkit")
+def main() -> None:
+    """Throwaway PostgreSQL + Redis test environments: started, migrated, seeded, torn down."""
+
+
+@main.command()
+@common
+def up(ctx: Ctx) -> int:
+    """Bring the environment up and leave it running (envkit down ends it)."""
+    config = ctx.config()
+    existing = lifecycle.current(config)
+    if existing is not None:
+        raise EnvkitError(
+            f"an environment is already up for this checkout ({existing.label}, {existing.backend} backend); "
+            "use it (eval \"$(envkit env)\") or run envkit down first"
+        )
+    env = lifecycle.up(config, reporter=ctx.reporter)
+    env.detach()
+    _print_connection(ctx, env.exports, env.session.backend)
+    return 0
+
+
+@main.command()
+@common
+def down(ctx: Ctx) -> int:
+    """Tear the environment down. Safe when nothing is up."""
+    config = ctx.config()
+    session = lifecycle.down(config)
+    if ctx.opts["as_json"]:
+        click.echo(json.dumps({"ok": True, "torn_down": session.label if session else None}))
+    elif not ctx.opts["quiet"]:
+        click.echo(f"envkit: {session.label} torn down" if session else "envkit: nothing is up", err=True)
+    return 0
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--keep", is_flag=True, help="Leave the environment up afterwards.")
+@click.option("--keep-on-failure", is_flag=True, help="Leave it up when the tests fail.")
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+@common
+def test(ctx: Ctx, keep: bool, keep_on_failure: bool, pytest_args: tuple[str, ...]) -> int:
+    """Up, pytest [PYTEST_ARGS], down. The exit code is pytest's."""
+    return _hand_off(ctx, [sys.executable, "-m", "pytest", *pytest_args], keep, keep_on_failure)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--keep", is_flag=True, help="Leave the environment up afterwards.")
+@click.option("--keep-on-failure", is_flag=True, help="Leave it up when the command fails.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@common
+def run(ctx: Ctx, keep: bool, keep_on_failure: bool, command: tuple[str, ...]) -> int:
+    """Up, COMMAND, down. The exit code is the command's."""
+    return _hand_off(ctx, list(command), keep, keep_on_failure)
+
+
+def _hand_off(ctx: Ctx, argv: list[str], keep: bool, keep_on_failure: bool) -> int:
+    config = ctx.config()
+    existing = lifecycle.current(config)
+    if existing is not None:
+        click.echo(f"envkit: using the environment that is already up ({existing.label}); it stays up", err=True)
+        return lifecycle.run_child(argv, {**config.environ, **existing.exports})
+
+    def kept(env: lifecycle.Environment) -> None:
+        click.echo("envkit: the environment is still up:", err=True)
+        _print_connection(ctx, env.exports, env.session.backend)
+
+    code = lifecycle.run(config, argv, reporter=ctx.reporter, keep=keep or config.keep,
+                         keep_on_failure=keep_on_failure or config.keep_on_failure, on_kept=kept)
+    if ctx.opts["as_json"]:
+        click.echo(ctx.reporter.summary(ok=code == 0, exit_code=code))
+    return code
+
+
+@main.command("env")
+@click.option("-f", "--format", "fmt", type=click.Choice(["shell", "dotenv", "json", "github"]), default="shell",
+              show_default=True, help="Output format.")
+@common
+def env_cmd(ctx: Ctx, fmt: str) -> int:
+    """Print the running environment's variables (eval "$(envkit env)")."""
+    from .exports import format_env
+
+    config = ctx.config()
+    session = lifecycle.current(config)
+    if session is None:
+        raise EnvkitError("no environment is up for this checkout; run envkit up first")
+    click.echo(format_env(session.exports, fmt), nl=False)
+    return 0
+
+
+@main.command()
+@common
+def status(ctx: Ctx) -> int:
+    """Say whether an environment is up, and what it runs. Exit 1 when none is."""
+    config = ctx.config()
+    session = lifecycle.current(config)
+    if session is None:
+        click.echo(json.dumps({"up": False}) if ctx.opts["as_json"] else "envkit: nothing is up")
+        return 1
+    info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
+            "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
+            "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL")}
+    if ctx.opts["as_json"]:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(f"{session.label}: up ({session.backend} backend)")
+        for key in ("database_url", "redis_url"):
+            if info[key]:
+                click.echo(f"  {key}: {info[key]}")
+    return 0
+
+
+@main.command()
+@click.argument("service", required=False)
+@common
+def logs(ctx: Ctx, service: str | None) -> int:
+    """Print the services' logs (all, or SERVICE)."""
+    from .backends import by_name
+
+    config = ctx.config()
+    session = lifecycle.current(config)
+    if session is None:
+        raise EnvkitError("no environment is up for this checkout; nothing to show")
+    for name, text in by_name(session.backend).logs(session, service).items():
+        click.echo(f"==> {name} <==")
+        click.echo(text)
+    return 0
+
+
+@main.group()
+def cache() -> None:
+    """The cluster and snapshot cache."""
+
+
+@cache.command("clear")
+@common
+def cache_clear(ctx: Ctx) -> int:
+    """Remove every cached cluster and snapshot."""
+    from . import cache as cache_mod
+
+    freed = cache_mod.clear(ctx.config())
+    click.echo(f"envkit: cache cleared ({freed / 1e6:.1f} MB)", err=True)
+    return 0
+
+
+@cache.command("list")
+@common
+def cache_list(ctx: Ctx) -> int:
+    """List cache entries."""
+    from . import cache as cache_mod
+
+    config = ctx.config()
+    for kind, key, size, used in cache_mod.entries(config):
+        click.echo(f"{kind:<10} {key:<40} {size / 1e6:8.1f} MB")
+    click.echo(f"(in {cache_mod.root(config)})", err=True)
+    return 0
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
+
+
+def _print_connection(ctx: Ctx, exports: dict[str, str], backend: str) -> None:
+    if ctx.opts["as_json"]:
+        click.echo(ctx.reporter.summary(ok=True, backend=backend,
+                                        exports={k: (_redact(v) if "URL" in k else "***" if "PASSWORD" in k else v)
+                                                 for k, v in exports.items()}))
+        return
+    if ctx.opts["quiet"]:
+        return
+    for key in ("DATABASE_URL", "REDIS_URL"):
+        if key in exports:
+            click.echo(f"  {key}={_redact(exports[key])}", err=True)
+    click.echo('  connect: eval "$(envkit env)"   tear down: envkit down', err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

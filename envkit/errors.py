@@ -1,0 +1,122 @@
+"""envkit's exceptions: one tree, so callers catch what they can act on.
+
+    EnvkitError                      anything envkit expected could go wrong
+    ├── ConfigError                  bad or unknown configuration
+    ├── BinaryNotFound               a server binary (postgres, redis-server) is missing
+    ├── PortInUse                    a configured port is taken
+    ├── BackendUnavailable           the chosen backend cannot run here (no engine, ...)
+    ├── CommandFailed                a subprocess exited non-zero
+    ├── ServiceFailed                a service did not become ready
+    │   ├── ServiceExited            ... because its process or container died
+    │   └── ReadyTimeout             ... within the deadline
+    ├── ProvisionError               database setup failed
+    │   ├── MigrationFailed          a migration (file, revision, command) failed
+    │   ├── SeedError                seeding failed (bad user, password too long, ...)
+    │   └── UnsafeTarget             refused to touch a database envkit did not create
+    ├── StateError                   the .envkit state is missing or unreadable
+    └── Interrupted                  a signal (SIGINT, SIGTERM, SIGHUP) stopped envkit
+
+Every message says what was checked, what was found and how to fix it; the
+CLI prints ``str(error)`` and exits with ``EXIT_ENVKIT_ERROR`` (or the
+signal's code for ``Interrupted``).
+"""
+
+from __future__ import annotations
+
+import signal
+
+#: Exit code for envkit's own failures; a child command's code is passed through.
+EXIT_ENVKIT_ERROR = 3
+
+
+class EnvkitError(Exception):
+    """Base class of every error envkit raises on purpose."""
+
+    stage: str | None = None  # the lifecycle stage that failed, set by the pipeline
+    service: str | None = None
+
+
+class ConfigError(EnvkitError):
+    """Configuration could not be read or is invalid."""
+
+
+class BinaryNotFound(EnvkitError):
+    """A server binary could not be located."""
+
+
+class PortInUse(EnvkitError):
+    """A port envkit was told to use is already taken."""
+
+    def __init__(self, message: str, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+class BackendUnavailable(EnvkitError):
+    """The selected backend cannot run on this machine."""
+
+
+class CommandFailed(EnvkitError):
+    """A subprocess exited with a non-zero status."""
+
+    def __init__(self, argv: list[str], returncode: int, output: str = "") -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output = output
+        tail = "\n".join(output.strip().splitlines()[-20:])
+        msg = f"command failed with exit code {returncode}: {' '.join(self.argv)}"
+        if tail:
+            msg += f"\n{tail}"
+        super().__init__(msg)
+
+
+class ServiceFailed(EnvkitError):
+    """A service did not become ready."""
+
+    def __init__(self, message: str, service: str, log_tail: str = "") -> None:
+        if log_tail.strip():
+            message += "\nlast log lines:\n" + log_tail.rstrip()
+        super().__init__(message)
+        self.service = service
+        self.log_tail = log_tail
+
+
+class ServiceExited(ServiceFailed):
+    """The service's process or container exited while envkit waited for it."""
+
+
+class ReadyTimeout(ServiceFailed):
+    """The service did not answer its readiness probe before the deadline."""
+
+
+class ProvisionError(EnvkitError):
+    """Creating, migrating or seeding the database failed."""
+
+
+class MigrationFailed(ProvisionError):
+    """A migration failed."""
+
+
+class SeedError(ProvisionError):
+    """Seeding failed."""
+
+
+class UnsafeTarget(ProvisionError):
+    """A destructive operation was refused on a database envkit did not create."""
+
+
+class StateError(EnvkitError):
+    """The environment's state could not be read."""
+
+
+class Interrupted(EnvkitError):
+    """envkit was stopped by a signal; everything started has been torn down."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name}; the environment was torn down")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -1,0 +1,320 @@
+"""The lifecycle, in one place:
+
+    reap stale → start (backend) → database → ready → migrate → seed → snapshot → export
+    … hand off (tests or any command) …
+    teardown (everything registered on one ExitStack, in reverse)
+
+Each resource registers its teardown on the stack the moment it exists, so a
+failure or a signal at any stage unwinds exactly what was started before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import cache, exports, state
+from .backends import select as select_backend
+from .backends import by_name
+from .backends.base import Running
+from .config import Config
+from .errors import EnvkitError, Interrupted, StateError
+from .provision import database
+from .provision.migrate import kind_of, migrate
+from .provision.seed import seed
+from .state import Session, write_private
+from .wait import wait_for
+
+log = logging.getLogger("envkit")
+T = TypeVar("T")
+
+#: Called as reporter(stage, status, seconds, detail); status is "start", "done" or "failed".
+Reporter = Callable[[str, str, float, str], None]
+
+
+def _log_reporter(stage: str, status: str, seconds: float, detail: str) -> None:
+    if status != "start":
+        log.info("%-9s %-6s %6.3f s  %s", stage, status, seconds, detail)
+
+
+@dataclass
+class Environment:
+    """A running environment. Use it as a context manager, or call :meth:`down`."""
+
+    config: Config
+    session: Session
+    running: Running
+    exports: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+    _stack: ExitStack | None = field(default=None, repr=False)
+
+    @property
+    def database_url(self) -> str:
+        return self.exports["DATABASE_URL"]
+
+    @property
+    def redis_url(self) -> str:
+        return self.exports["REDIS_URL"]
+
+    def users(self) -> list[dict[str, Any]]:
+        """The seeded users, with their plain passwords."""
+        return read_users(self.session)
+
+    def down(self) -> None:
+        """Tear everything down; safe to call twice."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            with deferred_signals():
+                stack.close()
+
+    def detach(self) -> None:
+        """Leave it running for later commands (``envkit up``); ``envkit down`` ends it."""
+        self.session.detached = True
+        self.session.save()
+        self._stack = None
+
+    def __enter__(self) -> Environment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+
+def read_users(session: Session) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        return list(json.loads(session.users_file.read_text()))
+    except FileNotFoundError:
+        return []
+
+
+def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
+    """Bring an environment up: started, ready, migrated, seeded, exported."""
+    report = reporter or _log_reporter
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn: Callable[..., T], *args: Any, detail: Callable[[T], str] | str = "") -> T:
+        report(name, "start", 0.0, "")
+        t0 = time.perf_counter()
+        try:
+            result = fn(*args)
+        except EnvkitError as exc:
+            exc.stage = exc.stage or name
+            timings[name] = time.perf_counter() - t0
+            report(name, "failed", timings[name], str(exc).splitlines()[0])
+            raise
+        timings[name] = time.perf_counter() - t0
+        report(name, "done", timings[name], detail(result) if callable(detail) else detail)
+        return result
+
+    _preimport("psycopg")
+    reap_stale(config)
+    backend = select_backend(config)
+    with ExitStack() as stack:
+        session = state.begin(config, backend.name)
+        stack.callback(session.remove)
+        key = _snapshot_key(config, backend.name)
+        running = stage("start", backend.start, config, session, stack, key,
+                        detail=lambda r: _describe(r, session))
+        pg = running.postgres
+        env = exports.build(config, running, session)
+        if pg:
+            stage("database", _provision_database, config, pg, session, stack, detail=pg.database)
+            stage("ready", _probe, pg, config.timeout, detail=f"{pg.user}@{pg.host}:{pg.port}/{pg.database}")
+            if running.restored:
+                report("migrate", "done", 0.0, "from cache")
+                report("seed", "done", 0.0, "from cache")
+            else:
+                stage("migrate", migrate, config, pg, env, detail=lambda d: d)
+                stage("seed", seed, config, pg, session.users_file, env, detail=lambda d: d)
+                if key and hasattr(backend, "save_snapshot"):
+                    stage("snapshot", backend.save_snapshot, config, session, running, key, detail="cached for next time")
+        session.exports = env
+        session.info["timings"] = timings
+        session.save()
+        if config.dotenv:
+            dotenv_path = config.path(config.dotenv)
+            write_private(dotenv_path, exports.format_env(env, "dotenv"))
+            stack.callback(dotenv_path.unlink, missing_ok=True)
+        return Environment(config, session, running, env, timings, stack.pop_all())
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _probe(pg: Any, timeout: float) -> bool:
+    return wait_for(lambda: database.probe(pg), service="postgres", what="connect with the app's credentials and SELECT 1",
+                    timeout=timeout)
+
+
+def _provision_database(config: Config, pg: Any, session: Session, stack: ExitStack) -> None:
+    if pg.owned:
+        if pg.admin_url != pg.libpq():
+            database.ensure_role(pg)
+        database.create_database(pg, pg.database, owner=pg.user, exist_ok=True)
+    else:
+        database.create_database(pg, pg.database, exist_ok=False)
+        session.resources.setdefault("created_databases", []).append(pg.database)
+        session.save()
+        stack.callback(database.drop_database, pg, pg.database, created_by_envkit=True)
+    if config.migrations.schema:
+        database.prepare_schema(pg, config.migrations.schema)
+
+
+def _snapshot_key(config: Config, backend: str) -> str | None:
+    if not config.cache or not config.postgres.enabled:
+        return None
+    if kind_of(config) in ("none", "command") and not (config.seed.file or config.seed.users or config.seed.sql or config.seed.hook):
+        return None
+    if kind_of(config) == "command":
+        return None  # an arbitrary command's effect cannot be fingerprinted
+    return cache.fingerprint(config, backend)
+
+
+def _describe(running: Running, session: Session) -> str:
+    parts = []
+    if running.postgres:
+        parts.append(f"postgres {running.postgres.version} on {running.postgres.host}:{running.postgres.port}")
+    if running.redis:
+        parts.append(f"redis {running.redis.version} on {running.redis.host}:{running.redis.port}")
+    parts += list(running.extra)
+    return ", ".join(parts) + (" (snapshot)" if running.restored else "")
+
+
+def _preimport(module: str) -> None:
+    """Import a heavy module in the background while servers start."""
+    if module not in sys.modules:
+        threading.Thread(target=__import__, args=(module,), daemon=True).start()
+
+
+@contextlib.contextmanager
+def environment(config: Config, *, reporter: Reporter | None = None) -> Iterator[Environment]:
+    """``with envkit.environment(config) as env:`` brings it up and always tears it down."""
+    env = up(config, reporter=reporter)
+    try:
+        yield env
+    finally:
+        env.down()
+
+
+# -- other processes' environments --------------------------------------------
+
+def current(config: Config) -> Session | None:
+    """The environment recorded for this checkout, after reaping a stale one."""
+    reap_stale(config)
+    return state.load(config)
+
+
+def reap_stale(config: Config) -> bool:
+    """Tear down an environment whose owner died before handing it over (SIGKILL, cancelled job)."""
+    try:
+        session = state.load(config)
+    except StateError:
+        return False
+    if session is None or not session.orphaned:
+        return False
+    log.warning("found environment %s whose owner (pid %d) is gone; tearing it down", session.label, session.owner_pid)
+    teardown_session(config, session)
+    return True
+
+
+def teardown_session(config: Config, session: Session) -> None:
+    """Tear down a recorded environment from any process; idempotent."""
+    with deferred_signals():
+        by_name(session.backend).teardown(session)
+        if config.dotenv:
+            config.path(config.dotenv).unlink(missing_ok=True)
+        session.remove()
+
+
+def down(config: Config) -> Session | None:
+    """Tear down this checkout's environment, if any; returns what was torn down."""
+    session = state.load(config)
+    if session is None:
+        return None
+    teardown_session(config, session)
+    return session
+
+
+# -- hand-off -------------------------------------------------------------------
+
+def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None,
+        keep: bool = False, keep_on_failure: bool = False, on_kept: Callable[[Environment], None] | None = None) -> int:
+    """Bring the environment up, run ``argv`` in it, tear it down; returns the command's exit code."""
+    env = up(config, reporter=reporter)
+    code: int | None = None
+    try:
+        code = run_child(argv, {**config.environ, **env.exports})
+        return code
+    finally:
+        if keep or (keep_on_failure and code != 0):
+            env.detach()
+            if on_kept:
+                on_kept(env)
+        else:
+            t0 = time.perf_counter()
+            env.down()
+            (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
+
+
+def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> int:
+    """Run a command; on a signal, pass it on, give the child a moment, then kill it."""
+    try:
+        proc = subprocess.Popen(list(argv), env=env, cwd=cwd)
+    except FileNotFoundError:
+        raise EnvkitError(f"cannot run {argv[0]!r}: command not found") from None
+    try:
+        return proc.wait()
+    except Interrupted as exc:
+        with deferred_signals():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(exc.signum)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        raise
+
+
+# -- signals -------------------------------------------------------------------
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_deferred: list[int] = []
+_deferring = 0
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    if _deferring:
+        _deferred.append(signum)
+        log.warning("received %s during teardown; finishing teardown first", signal.Signals(signum).name)
+        return
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, _raise_interrupted)
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Teardown is not interrupted: signals that arrive meanwhile are noted, not raised."""
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1

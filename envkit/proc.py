@@ -1,0 +1,211 @@
+"""Every subprocess envkit runs goes through here.
+
+Argument lists only (never a shell), the command line logged, failures raised
+as :class:`~envkit.errors.CommandFailed`. Long-running servers are spawned in
+their own process group, marked with ``ENVKIT_SESSION`` in their environment
+so leaked children can be found, and stopped with a signal to the group, then
+SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BinaryNotFound, CommandFailed
+
+log = logging.getLogger("envkit")
+
+#: The unprivileged account servers run as when envkit runs as root.
+SERVICE_USER = "nobody"
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The account a server process runs as (root is refused by Postgres)."""
+
+    uid: int
+    gid: int
+
+    @classmethod
+    def for_servers(cls) -> RunAs | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            entry = pwd.getpwnam(SERVICE_USER)
+        except KeyError:
+            raise BinaryNotFound(
+                f"envkit runs as root, and servers must run as an unprivileged user, but user "
+                f"{SERVICE_USER!r} does not exist; create it (useradd --system {SERVICE_USER}) or run envkit as a normal user"
+            ) from None
+        return cls(entry.pw_uid, entry.pw_gid)
+
+    def chown_tree(self, path: Path) -> None:
+        os.chown(path, self.uid, self.gid)
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.chown(os.path.join(folder, name), self.uid, self.gid, follow_symlinks=False)
+
+    def popen_kwargs(self) -> dict[str, object]:
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    run_as: RunAs | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion, capturing its output."""
+    argv = [str(a) for a in argv]
+    log.debug("run: %s", " ".join(argv))
+    try:
+        result = subprocess.run(
+            argv,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            **(run_as.popen_kwargs() if run_as else {}),  # type: ignore[arg-type]
+        )
+    except FileNotFoundError:
+        raise BinaryNotFound(f"cannot run {argv[0]!r}: not found; install it or put it on PATH") from None
+    except subprocess.TimeoutExpired as exc:
+        out = exc.output.decode() if isinstance(exc.output, bytes) else (exc.output or "")
+        raise CommandFailed(argv, -1, f"timed out after {timeout} s\n{out}") from None
+    if check and result.returncode != 0:
+        raise CommandFailed(argv, result.returncode, result.stdout)
+    return result
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | str | None = None,
+    run_as: RunAs | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running server in a new process group, output to ``log_path``."""
+    argv = [str(a) for a in argv]
+    log.debug("spawn: %s", " ".join(argv))
+    with open(log_path, "ab") as out:
+        if run_as:
+            os.chown(log_path, run_as.uid, run_as.gid)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            **(run_as.popen_kwargs() if run_as else {}),  # type: ignore[arg-type]
+        )
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists (zombies count as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def stop_groups(
+    targets: list[tuple[int, int]],
+    grace: float = 5.0,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+) -> None:
+    """Signal process groups ``[(pgid, signal), ...]`` at once, wait up to ``grace`` s, then SIGKILL."""
+    pending = []
+    for pgid, sig in targets:
+        try:
+            os.killpg(pgid, sig)
+            pending.append(pgid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while pending and time.monotonic() < deadline:
+        _reap(procs)
+        pending = [g for g in pending if _group_alive(g)]
+        if pending:
+            time.sleep(0.002)
+    for pgid in pending:
+        log.warning("process group %d did not stop within %.1f s; killing it", pgid, grace)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while pending and time.monotonic() < deadline:
+        _reap(procs)
+        pending = [g for g in pending if _group_alive(g)]
+        time.sleep(0.005)
+    _reap(procs)
+
+
+def marked(pid: int, marker: str) -> bool:
+    """Whether process ``pid`` carries ``ENVKIT_SESSION=marker`` (guards against reused pids)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"ENVKIT_SESSION={marker}".encode() in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _reap(procs: list[subprocess.Popen[bytes]] | None) -> None:
+    for proc in procs or ():
+        proc.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if alive(pgid):  # the leader; cheap, and the usual answer while it stops
+        return True
+    # killpg(0) succeeds while zombies remain; look for a live member.
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
+def which(name: str, path: str | None = None) -> str | None:
+    return shutil.which(name, path=path)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file, or an empty string."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

@@ -1,0 +1,104 @@
+"""The state of a checkout's environment, in ``.envkit/`` (mode 0700).
+
+``state.json`` (mode 0600: it holds passwords) says which backend started
+what, who owns it, and what it exports, so ``envkit status|env|logs|down``
+from another shell can find it, and a later invocation can tell that its
+owner was SIGKILLed and reap it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .errors import StateError
+from .proc import alive
+
+STATE_FILE = "state.json"
+USERS_FILE = "users.json"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Session:
+    """One environment's record: created before anything starts, removed after the last teardown."""
+
+    path: Path  # the state directory
+    name: str
+    id: str = field(default_factory=lambda: secrets.token_hex(4))
+    backend: str = ""
+    owner_pid: int = field(default_factory=os.getpid)
+    owner_host: str = field(default_factory=socket.gethostname)
+    detached: bool = False  # True once `envkit up` hands the environment over to later commands
+    started_at: float = field(default_factory=time.time)
+    resources: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, str] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return self.path / STATE_FILE
+
+    @property
+    def users_file(self) -> Path:
+        return self.path / USERS_FILE
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.id}"
+
+    def save(self) -> None:
+        data = {k: v for k, v in self.__dict__.items() if k != "path"}
+        write_private(self.file, json.dumps(data, indent=2, sort_keys=True))
+
+    def remove(self) -> None:
+        for file in (self.file, self.users_file):
+            file.unlink(missing_ok=True)
+
+    def owner_alive(self) -> bool:
+        return self.owner_host != socket.gethostname() or alive(self.owner_pid)
+
+    @property
+    def orphaned(self) -> bool:
+        """Its owner died before handing it over (SIGKILL, a cancelled CI job)."""
+        return not self.detached and not self.owner_alive()
+
+
+def begin(config: Config, backend: str) -> Session:
+    session = Session(path=config.state_path, name=config.name, backend=backend)
+    config.state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ignore = config.state_path / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# created by envkit: nothing here belongs in git\n*\n")
+    session.save()
+    return session
+
+
+def load(config: Config) -> Session | None:
+    """The recorded session of this checkout, or None."""
+    file = config.state_path / STATE_FILE
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read {file}: {exc}; remove it if no environment is running") from None
+    known = set(Session.__dataclass_fields__) - {"path"}
+    return Session(path=config.state_path, **{k: v for k, v in data.items() if k in known})
