@@ -255,7 +255,7 @@ def _build(cls: type, data: Mapping[str, Any], where_from: str, prefix: str, **f
         where = f"{prefix}{key}"
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {prefix}{close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
             raise ConfigError(f"{source}: unknown key {where!r}{hint}")
         expected = hints[key]
         section = _SECTIONS.get(key) if not prefix else None

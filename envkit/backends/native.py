@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 from contextlib import ExitStack
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -84,45 +85,70 @@ class NativeBackend:
             os.chown(run_dir, run_as.uid, run_as.gid)
 
         running = Running(backend=self.name)
-        taken: set[int] = set()
-        redis_port = pg_port = 0
-        if config.redis.enabled:
-            binary = find_redis(config.redis.server, config.environ)
-            redis_port = ports.resolve("redis", *port_request(config.redis.port, DEFAULT_REDIS_PORT))
-            taken.add(redis_port)
+        redis_bin = find_redis(config.redis.server, config.environ) if config.redis.enabled else None
+        pg_bins = find_postgres(config.postgres.bindir, config.environ) if config.postgres.enabled else None
+        redis_req = port_request(config.redis.port, DEFAULT_REDIS_PORT)
+        pg_req = port_request(config.postgres.port, DEFAULT_PG_PORT)
+        redis_port = ports.resolve("redis", *redis_req) if redis_bin else 0
+        pg_port = ports.resolve("postgres", *pg_req, avoid={redis_port}) if pg_bins else 0
+
+        if redis_bin:
             (run_dir / "redis").mkdir()
             if run_as:
                 os.chown(run_dir / "redis", run_as.uid, run_as.gid)
-            self._spawn(session, "redis", [
-                str(binary.path), "--port", str(redis_port), "--bind", ports.HOST, "--save", "", "--appendonly", "no",
+            session.info["redis"] = {"binary": str(redis_bin.path), "source": redis_bin.source, "version": redis_bin.version}
+            self._argv["redis"] = [
+                str(redis_bin.path), "--port", str(redis_port), "--bind", ports.HOST, "--save", "", "--appendonly", "no",
                 "--dir", str(run_dir / "redis"), "--daemonize", "no",
-            ], run_as)
-            running.redis = RedisEndpoint(ports.HOST, redis_port, config.redis.db, version=binary.version)
-            session.info["redis"] = {"binary": str(binary.path), "source": binary.source, "version": binary.version}
-
-        if config.postgres.enabled:
-            bins = find_postgres(config.postgres.bindir, config.environ)
-            pg_port = ports.resolve("postgres", *port_request(config.postgres.port, DEFAULT_PG_PORT), avoid=taken)
+            ]
+            self._spawn(session, "redis", self._argv["redis"], run_as)
+        if pg_bins:
             data = run_dir / "pgdata"
-            running.restored = self._prepare_cluster(config, session, bins, data, snapshot, run_as)
-            argv = [bins["postgres"], "-D", str(data)]
-            for key, value in server_settings(config, pg_port, run_dir).items():
-                argv += ["-c", f"{key}={value}"]
-            self._spawn(session, "postgres", argv, run_as)
-            session.info["postgres"] = {"bindir": str(bins.bindir), "source": bins.source, "version": bins.version}
+            running.restored = self._prepare_cluster(config, session, pg_bins, data, snapshot, run_as)
+            session.info["postgres"] = {"bindir": str(pg_bins.bindir), "source": pg_bins.source, "version": pg_bins.version}
+            session.resources["cluster_key"] = _cluster_key(pg_bins)
+            self._argv["postgres"] = self._postgres_argv(config, pg_bins, data, pg_port, run_dir)
+            self._spawn(session, "postgres", self._argv["postgres"], run_as)
+
+        if pg_bins:
+            pg_port = self._ready(session, "postgres", pg_port, pg_req[1], config, run_as,
+                                  lambda port: self._wait_postgres(session, port, config.timeout),
+                                  lambda port: self._postgres_argv(config, pg_bins, run_dir / "pgdata", port, run_dir))
             password = session.info.setdefault("password", config.postgres.password or _password())
             running.postgres = PostgresEndpoint(
                 host=ports.HOST, port=pg_port, user=config.postgres.user, password=password,
-                database=config.database, admin_url=_admin_url(run_dir, pg_port), version=bins.version,
+                database=config.database, admin_url=_admin_url(run_dir, pg_port), version=pg_bins.version,
             )
-            session.resources["cluster_key"] = _cluster_key(bins)
+        if redis_bin:
+            redis_port = self._ready(session, "redis", redis_port, redis_req[1], config, run_as,
+                                     lambda port: self._wait_redis(session, port, config.timeout),
+                                     lambda port: [*self._argv["redis"][:2], str(port), *self._argv["redis"][3:]])
+            running.redis = RedisEndpoint(ports.HOST, redis_port, config.redis.db, version=redis_bin.version)
         session.save()
-
-        if running.postgres:
-            self._wait_postgres(session, running.postgres, config.timeout)
-        if running.redis:
-            self._wait_redis(session, running.redis, config.timeout)
         return running
+
+    def _ready(self, session: Session, service: str, port: int, strict: bool, config: Config, run_as: RunAs | None,
+               wait: Callable[[int], None], argv_for: Callable[[int], list[str]]) -> int:
+        """Wait for a server; if a port chosen by envkit was grabbed meanwhile by someone else, take another."""
+        for attempt in range(3):
+            try:
+                wait(port)
+                return port
+            except ServiceExited as exc:
+                if strict or attempt == 2 or "Address already in use" not in exc.log_tail:
+                    raise
+                old, port = port, ports.free_port()
+                log.warning("%s: port %d was taken while starting; retrying on %d", service, old, port)
+                self._argv[service] = argv_for(port)
+                self._spawn(session, service, self._argv[service], run_as)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _postgres_argv(config: Config, bins: PgBinaries, data: Path, port: int, run_dir: Path) -> list[str]:
+        argv = [bins["postgres"], "-D", str(data)]
+        for key, value in server_settings(config, port, run_dir).items():
+            argv += ["-c", f"{key}={value}"]
+        return argv
 
     def _prepare_cluster(self, config: Config, session: Session, bins: PgBinaries, data: Path,
                          snapshot: str | None, run_as: RunAs | None) -> bool:
@@ -171,26 +197,28 @@ class NativeBackend:
                 service, tail(Path(session.resources["run_dir"]) / f"{service}.log"),
             )
 
-    def _wait_postgres(self, session: Session, pg: PostgresEndpoint, timeout: float) -> None:
+    def _wait_postgres(self, session: Session, port: int, timeout: float) -> None:
         import psycopg
 
-        socket_file = Path(session.resources["run_dir"]) / f".s.PGSQL.{pg.port}"
+        run_dir = Path(session.resources["run_dir"])
+        socket_file = run_dir / f".s.PGSQL.{port}"
+        admin_url = _admin_url(run_dir, port)
 
         def check() -> bool:
             self._exited(session, "postgres")
             if not socket_file.exists():
                 return False
-            with psycopg.connect(pg.admin_url, connect_timeout=2, autocommit=True) as conn:
+            with psycopg.connect(admin_url, connect_timeout=2, autocommit=True) as conn:
                 conn.execute("SELECT 1")
             return True
 
         wait_for(check, service="postgres", what="accepting connections", timeout=timeout,
                  logs=lambda: tail(Path(session.resources["run_dir"]) / "postgres.log"))
 
-    def _wait_redis(self, session: Session, redis: RedisEndpoint, timeout: float) -> None:
+    def _wait_redis(self, session: Session, port: int, timeout: float) -> None:
         def check() -> bool:
             self._exited(session, "redis")
-            return ping_redis(redis.host, redis.port)
+            return ping_redis(ports.HOST, port)
 
         wait_for(check, service="redis", what="PING answered with PONG", timeout=timeout,
                  logs=lambda: tail(Path(session.resources["run_dir"]) / "redis.log"))
@@ -205,7 +233,7 @@ class NativeBackend:
         extra = [session.users_file] if session.users_file.exists() else []
         cache.store(config, "snapshots", f"{session.resources['cluster_key']}-{key}", run_dir / "pgdata", extra)
         self._spawn(session, "postgres", self._argv["postgres"], RunAs.for_servers())
-        self._wait_postgres(session, running.postgres, config.timeout)
+        self._wait_postgres(session, running.postgres.port, config.timeout)
 
     # -- teardown ----------------------------------------------------------
     def teardown(self, session: Session) -> None:
