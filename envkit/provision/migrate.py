@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import io
 import logging
 import os
 import sys
@@ -58,15 +59,18 @@ def _alembic(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> st
         raise MigrationFailed("migrations.kind is 'alembic' but alembic is not installed; pip install alembic") from None
     cfg = AlembicConfig(str(ini))
     cfg.set_main_option("sqlalchemy.url", pg.url().replace("%", "%%"))
-    with _isolated(env, ini.parent, config.root):
+    output = io.StringIO()
+    with _isolated(env, ini.parent, config.root), contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
         try:
             command.upgrade(cfg, "head")
         except Exception as exc:  # noqa: BLE001 - user code: report whatever it raised
             where = _revision_in_traceback(exc, ini.parent)
+            said = "\n".join(output.getvalue().strip().splitlines()[-8:])
             raise MigrationFailed(
                 f"alembic upgrade head failed{where}: {_first_lines(exc)}\nFix the migration, then run again "
-                f"(config: {ini})"
+                f"(config: {ini})" + (f"\nalembic said:\n{said}" if said else "")
             ) from None
+    log.debug("alembic output:\n%s", output.getvalue())
     return f"alembic upgrade head ({ini.name})"
 
 
