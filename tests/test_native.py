@@ -202,7 +202,7 @@ def test_seeding_hostile_strings_user_table_uuid(project: Project) -> None:
             rows = conn.execute('SELECT username, email, password_hash, role, id FROM "user" ORDER BY role').fetchall()
             notes = [r[0] for r in conn.execute("SELECT body FROM note ORDER BY 1")]
         assert rows[0][:2] == ("o'hare", 'x"; DROP TABLE users;--')
-        assert bcrypt.checkpw("it's $ecret \"quoted\"".encode(), rows[0][2].encode())
+        assert bcrypt.checkpw(b"it's $ecret \"quoted\"", rows[0][2].encode())
         assert rows[1][0] == "Robert'); DROP TABLE \"user\";--"
         assert all(r[4] is not None for r in rows)
         assert notes == ["from hook", "from sql"]

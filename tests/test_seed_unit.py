@@ -34,7 +34,7 @@ def test_users_from_yaml_file_and_inline(tmp_path: Path) -> None:
 
 def test_missing_seed_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "envkit.toml").write_text('[seed]\nfile = "nope.toml"\n')
-    with pytest.raises(SeedError, match="nope.toml, which does not exist"):
+    with pytest.raises(SeedError, match=r"nope\.toml, which does not exist"):
         load_users(load_config(tmp_path, environ={}))
 
 
