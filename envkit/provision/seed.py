@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..backends.base import PostgresEndpoint
 
 BCRYPT_MAX_BYTES = 72
-_GENERATORS = {"uuid4": lambda: uuid.uuid4(), "now": lambda: dt.datetime.now(dt.timezone.utc)}
+_GENERATORS = {"uuid4": lambda: uuid.uuid4(), "now": lambda: dt.datetime.now(dt.UTC)}
 
 
 def load_users(config: Config) -> list[dict[str, Any]]:
