@@ -71,7 +71,7 @@ def run(
     argv = [str(a) for a in argv]
     log.debug("run: %s", " ".join(argv))
     try:
-        result = subprocess.run(
+        result = subprocess.run(  # type: ignore[call-overload]
             argv,
             env=dict(env) if env is not None else None,
             cwd=cwd,
@@ -79,7 +79,7 @@ def run(
             stderr=subprocess.STDOUT,
             text=True,
             timeout=timeout,
-            **(run_as.popen_kwargs() if run_as else {}),  # type: ignore[arg-type]
+            **(run_as.popen_kwargs() if run_as else {}),
         )
     except FileNotFoundError:
         raise BinaryNotFound(f"cannot run {argv[0]!r}: not found; install it or put it on PATH") from None
@@ -105,7 +105,7 @@ def spawn(
     with open(log_path, "ab") as out:
         if run_as:
             os.chown(log_path, run_as.uid, run_as.gid)
-        return subprocess.Popen(
+        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
             argv,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -113,7 +113,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            **(run_as.popen_kwargs() if run_as else {}),  # type: ignore[arg-type]
+            **(run_as.popen_kwargs() if run_as else {}),
         )
 
 
@@ -127,7 +127,7 @@ def alive(pid: int) -> bool:
 
 
 def stop_groups(
-    targets: list[tuple[int, int]],
+    targets: Sequence[tuple[int, int]],
     grace: float = 5.0,
     procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> None:
