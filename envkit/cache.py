@@ -37,6 +37,11 @@ def lookup(config: Config, kind: str, key: str) -> Path | None:
     return None
 
 
+def has_entry(config: Config, kind: str, suffix: str) -> bool:
+    """Whether a complete entry whose key ends with ``-suffix`` exists (for any server version); reads nothing else."""
+    return any((path / ".complete").exists() for path in (root(config) / kind).glob(f"*-{suffix}"))
+
+
 def copy_tree(src: Path, dst: Path) -> None:
     """Copy a directory tree, keeping owners and modes (cp is several times faster than copytree)."""
     run(["cp", "-a", "--", str(src), str(dst)])
@@ -52,7 +57,8 @@ def store(config: Config, kind: str, key: str, src: Path, extra: Iterable[Path] 
     copy_tree(src, tmp / src.name)
     for file in extra:
         shutil.copy2(file, tmp / file.name)
-    (tmp / ".complete").write_text(str(time.time()))
+    # the entry's size is recorded once here, so eviction does not walk every entry's ~1,300 files on each store
+    (tmp / ".complete").write_text(f"{time.time()} {_size(tmp)}\n")
     try:
         os.rename(tmp, final)
     except OSError:  # another run stored it first
@@ -76,8 +82,15 @@ def entries(config: Config) -> list[tuple[str, str, int, float]]:
     if base.is_dir():
         for kind in sorted(p for p in base.iterdir() if p.is_dir()):
             for entry in kind.iterdir():
-                if (entry / ".complete").exists():
-                    out.append((kind.name, entry.name, _size(entry), entry.stat().st_mtime))
+                if entry.name.startswith("."):  # another run's entry still being written
+                    continue
+                try:
+                    recorded = (entry / ".complete").read_text().split()
+                    used = entry.stat().st_mtime
+                except OSError:  # not a complete entry (being written, or being removed)
+                    continue
+                size = int(recorded[1]) if len(recorded) > 1 and recorded[1].isdigit() else _size(entry)
+                out.append((kind.name, entry.name, size, used))
     return out
 
 

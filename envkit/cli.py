@@ -31,6 +31,8 @@ class Ctx:
     def __init__(self, **opts: Any) -> None:
         self.opts = opts
         self.reporter = StageReporter(quiet=opts["quiet"], as_json=opts["as_json"])
+        self.loaded: config_mod.Config | None = None  # the config, once a command built it
+        self.up_env: lifecycle.Environment | None = None  # the environment this command brought up
 
     def config(self) -> config_mod.Config:
         overrides: dict[str, Any] = {}
@@ -40,7 +42,29 @@ class Ctx:
             overrides["timeout"] = self.opts["timeout"]
         if self.opts.get("no_cache"):
             overrides["cache"] = False
-        return config_mod.load(Path.cwd(), config_file=self.opts.get("config_file"), overrides=overrides)
+        if self.opts.get("diagnostics"):
+            overrides["diagnostics"] = "always"
+        self.loaded = config_mod.load(Path.cwd(), config_file=self.opts.get("config_file"), overrides=overrides)
+        return self.loaded
+
+    def on_up(self, env: lifecycle.Environment) -> None:
+        """The environment is up: remember it for the CI summary; in GitHub Actions, mask its secrets at once."""
+        from . import ci
+
+        self.up_env = env
+        if ci.active(env.config.environ):  # stdout, unless it is for machines (--json): the runner reads both
+            click.echo(ci.mask_commands(env.exports), nl=False, err=self.opts["as_json"])
+
+    def finish(self, command: str, code: int, error: BaseException | None) -> None:
+        """GitHub Actions: step summary, outputs, error annotation and log groups (nothing elsewhere)."""
+        from . import ci
+
+        environ = self.loaded.environ if self.loaded is not None else os.environ
+        if command in ("up", "test", "run") and ci.active(environ):
+            try:
+                ci.finish(environ, ci.report(command, code, error, self.reporter.stages, self.up_env), sys.stdout)
+            except (OSError, EnvkitError) as exc:  # the runner's files: never worth failing a finished run for
+                click.echo(f"envkit: could not write the GitHub Actions summary or outputs: {exc}", err=True)
 
 
 def common(fn: Callable[..., int | None]) -> Callable[..., None]:
@@ -53,26 +77,32 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
     @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
     @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
     @click.option("--json", "as_json", is_flag=True, help="Print a JSON document for machines.")
+    @click.option("--diagnostics", is_flag=True, help="Write the diagnostics bundle even when nothing fails.")
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> None:
-        opts = {k: kwargs.pop(k) for k in ("config_file", "backend", "timeout", "no_cache", "quiet", "verbose", "as_json")}
+        opts = {k: kwargs.pop(k) for k in ("config_file", "backend", "timeout", "no_cache", "quiet", "verbose", "as_json",
+                                           "diagnostics")}
         configure_logging(-1 if opts["quiet"] else opts["verbose"])
         ctx = Ctx(**opts)
         lifecycle.install_signal_handlers()
+        error: EnvkitError | None = None
         try:
             code = fn(ctx, **kwargs) or 0
         except Interrupted as exc:
             ctx.reporter.close()
             click.echo(f"envkit: {exc}", err=True)
-            code = exc.exit_code
+            code, error = exc.exit_code, exc
         except EnvkitError as exc:
             ctx.reporter.close()
             where = f" [{exc.stage}]" if exc.stage else ""
             if opts["as_json"]:
                 click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": str(exc)}))
             click.echo(f"envkit: error{where}: {exc}", err=True)
-            code = EXIT_ENVKIT_ERROR
+            if exc.diagnostics:
+                click.echo(f"envkit: diagnostics: {exc.diagnostics}", err=True)
+            code, error = EXIT_ENVKIT_ERROR, exc
         ctx.reporter.close()
+        ctx.finish(fn.__name__.removesuffix("_cmd"), code, error)
         sys.exit(code)
 
     return wrapper
@@ -97,6 +127,7 @@ def up(ctx: Ctx) -> int:
         )
     env = lifecycle.up(config, reporter=ctx.reporter)
     env.detach()
+    ctx.on_up(env)
     _print_connection(ctx, env.exports, env.session.backend)
     return 0
 
@@ -104,8 +135,10 @@ def up(ctx: Ctx) -> int:
 @main.command()
 @common
 def down(ctx: Ctx) -> int:
-    """Tear the environment down. Safe when nothing is up."""
+    """Tear the environment down. Safe when nothing is up. --diagnostics: write the bundle first."""
     config = ctx.config()
+    if config.diagnostics == "always":
+        _diagnose_current(ctx, config)
     session = lifecycle.down(config)
     if ctx.opts["as_json"]:
         click.echo(json.dumps({"ok": True, "torn_down": session.label if session else None}))
@@ -146,7 +179,7 @@ def _hand_off(ctx: Ctx, argv: list[str], keep: bool, keep_on_failure: bool) -> i
         _print_connection(ctx, env.exports, env.session.backend)
 
     code = lifecycle.run(config, argv, reporter=ctx.reporter, keep=keep or config.keep,
-                         keep_on_failure=keep_on_failure or config.keep_on_failure, on_kept=kept)
+                         keep_on_failure=keep_on_failure or config.keep_on_failure, on_kept=kept, on_up=ctx.on_up)
     if ctx.opts["as_json"]:
         click.echo(ctx.reporter.summary(ok=code == 0, exit_code=code))
     return code
@@ -155,15 +188,28 @@ def _hand_off(ctx: Ctx, argv: list[str], keep: bool, keep_on_failure: bool) -> i
 @main.command("env")
 @click.option("-f", "--format", "fmt", type=click.Choice(["shell", "dotenv", "json", "github"]), default="shell",
               show_default=True, help="Output format.")
+@click.option("--github", "to_github", is_flag=True,
+              help="In a GitHub Actions step: append to the file $GITHUB_ENV names; print only ::add-mask:: lines.")
 @common
-def env_cmd(ctx: Ctx, fmt: str) -> int:
+def env_cmd(ctx: Ctx, fmt: str, to_github: bool) -> int:
     """Print the running environment's variables (eval "$(envkit env)")."""
+    from . import ci
     from .exports import format_env
 
     config = ctx.config()
     session = lifecycle.current(config)
     if session is None:
         raise EnvkitError("no environment is up for this checkout; run envkit up first")
+    if to_github:
+        # masks first: the runner must know the secrets before anything could print them
+        click.echo(ci.mask_commands(session.exports), nl=False)
+        path = ci.append_env(config.environ, session.exports)
+        if not ctx.opts["quiet"]:
+            click.echo(f"envkit: {len(session.exports)} variables appended to {path}", err=True)
+        return 0
+    if fmt == "github" and ci.active(config.environ):
+        # stdout is usually redirected into $GITHUB_ENV: masks go to stderr, which the runner reads as well
+        click.echo(ci.mask_commands(session.exports), nl=False, err=True)
     click.echo(format_env(session.exports, fmt), nl=False)
     return 0
 
@@ -207,6 +253,99 @@ def logs(ctx: Ctx, service: str | None) -> int:
     return 0
 
 
+@main.command("render")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="File to write [default: compose/docker-compose.test.yml].")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when the file is missing or stale (for CI).")
+@common
+def render_cmd(ctx: Ctx, output: str | None, check: bool) -> int:
+    """Write docker-compose.test.yml for plain `docker compose up -d --wait` (fixed ports)."""
+    from .render import render, static_plan
+
+    config = ctx.config()
+    path = Path(output) if output else config.root / "compose" / "docker-compose.test.yml"
+    text = render(config, static_plan(config))
+    if check:
+        current = path.read_text() if path.is_file() else None
+        if current != text:
+            click.echo(f"envkit: {path} is {'missing' if current is None else 'stale'}; run envkit render", err=True)
+            return 1
+        if not ctx.opts["quiet"]:
+            click.echo(f"envkit: {path} is up to date", err=True)
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if not ctx.opts["quiet"]:
+        click.echo(f"envkit: wrote {path}", err=True)
+    return 0
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@common
+def prune(ctx: Ctx, dry_run: bool) -> int:
+    """Tear down environments whose envkit process died (this checkout's, and envkit's Docker resources on this host)."""
+    from .backends import docker_reachable
+    from .state import load
+
+    config = ctx.config()
+    stale = load(config)
+    removed = []
+    if stale is not None and stale.orphaned:
+        removed.append(stale.label)
+        if not dry_run:
+            lifecycle.reap_stale(config)
+    if docker_reachable(config.environ):
+        from .backends.compose import prune as prune_docker
+
+        removed += [label for label in prune_docker(config, dry_run=dry_run) if label not in removed]
+    if ctx.opts["as_json"]:
+        click.echo(json.dumps({"ok": True, "dry_run": dry_run, "removed": removed}))
+    elif not ctx.opts["quiet"]:
+        verb = "would remove" if dry_run else "removed"
+        click.echo(f"envkit: {verb} {', '.join(removed)}" if removed else "envkit: nothing to prune", err=True)
+    return 0
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Rewrite the files envkit wrote before (a Makefile's own targets are kept).")
+@click.option("--pyproject", is_flag=True, help="Write the configuration as [tool.envkit] in pyproject.toml.")
+@common
+def init(ctx: Ctx, force: bool, pyproject: bool) -> int:
+    """Scaffold envkit.toml, a seed file, make test/up/down and a GitHub workflow into this project."""
+    from .scaffold import init as scaffold
+
+    try:
+        result = scaffold(Path.cwd(), force=force, pyproject=pyproject)
+    except FileNotFoundError as exc:
+        raise EnvkitError(str(exc)) from None
+    if ctx.opts["as_json"]:
+        click.echo(json.dumps({"ok": True, "actions": [dict(zip(("path", "action", "why"), a, strict=True))
+                                                       for a in result.actions]}, indent=2))
+    elif not ctx.opts["quiet"]:
+        for line in result.lines():
+            click.echo(f"envkit: {line}")
+        click.echo("envkit: next: make test   (or envkit test; envkit doctor checks this machine)")
+    return 0
+
+
+@main.command()
+@common
+def doctor(ctx: Ctx) -> int:
+    """Check what envkit needs here (engine, binaries, ports, config, migrations) and how to fix what is missing."""
+    from . import doctor as doctor_mod
+
+    try:
+        config, error = ctx.config(), None
+    except EnvkitError as exc:
+        config, error = None, exc
+    backend, checks = doctor_mod.run(config, error)
+    if ctx.opts["as_json"]:
+        click.echo(json.dumps({"backend": backend, "checks": doctor_mod.as_dicts(checks)}, indent=2))
+    else:
+        click.echo(doctor_mod.render(backend, checks), nl=False)
+    return 1 if any(c.required and not c.ok for c in checks) else 0
+
+
 @main.group()
 def cache() -> None:
     """The cluster and snapshot cache."""
@@ -230,10 +369,24 @@ def cache_list(ctx: Ctx) -> int:
     from . import cache as cache_mod
 
     config = ctx.config()
-    for kind, key, size, used in cache_mod.entries(config):
+    for kind, key, size, _used in cache_mod.entries(config):
         click.echo(f"{kind:<10} {key:<40} {size / 1e6:8.1f} MB")
     click.echo(f"(in {cache_mod.root(config)})", err=True)
     return 0
+
+
+def _diagnose_current(ctx: Ctx, config: config_mod.Config) -> None:
+    from . import ci, diagnostics
+    from .backends import by_name
+
+    session = lifecycle.current(config)
+    if session is None:
+        return
+    path = diagnostics.write(config, session, by_name(session.backend), timings=session.info.get("timings", {}))
+    if ci.active(config.environ):
+        ci.set_outputs(config.environ, {"diagnostics": str(path)})
+    if not ctx.opts["quiet"]:
+        click.echo(f"envkit: diagnostics: {path}", err=True)
 
 
 def _redact(url: str) -> str:

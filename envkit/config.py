@@ -24,6 +24,7 @@ from .errors import ConfigError
 
 BACKEND_NAMES = ("auto", "native", "docker", "external")
 MIGRATION_KINDS = ("auto", "none", "alembic", "sql", "metadata", "command")
+DIAGNOSTICS_MODES = ("on-failure", "always", "never")
 DEFAULT_PG_PORT = 5433
 DEFAULT_REDIS_PORT = 6380
 
@@ -55,6 +56,7 @@ class RedisConfig:
     image: str = "redis:7-alpine"
     server: str | None = None  # native backend: path of redis-server
     url: str | None = None  # external backend
+    allow_hosts: list[str] = field(default_factory=list)  # non-loopback hosts whose db envkit may flush
 
 
 @dataclass(frozen=True)
@@ -101,11 +103,17 @@ class Config:
     cache_max_mb: int = 1024
     keep: bool = False
     keep_on_failure: bool = False
+    allow_unsafe: bool = False  # let the guard pass databases that do not look disposable (logged)
+    diagnostics: str = "on-failure"  # write .envkit/diagnostics/: on-failure, always or never
     postgres: PostgresConfig = field(default_factory=PostgresConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     migrations: MigrationsConfig = field(default_factory=MigrationsConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
     env: dict[str, str] = field(default_factory=dict)  # extra exports, Jinja2 templates
+    host: str | None = None  # host in connection URLs; default: 127.0.0.1, or the remote Docker engine's host
+    templates: str | None = None  # docker backend: folder of user templates, searched before envkit's own
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)  # docker backend: [services.NAME], see envkit.services
+    watchdog: bool = True  # a detached process that tears the environment down if envkit is killed
     environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -138,7 +146,7 @@ _SECTIONS: dict[str, type] = {
 }
 # Environment variables with names of their own, besides ENVKIT_<SECTION>_<KEY>.
 _ENV_ALIASES = {"ENVKIT_PG_BINDIR": ("postgres", "bindir")}
-_NOT_FROM_ENV = {"root", "source", "environ", "postgres", "redis", "migrations", "seed", "env"}
+_NOT_FROM_ENV = {"root", "source", "environ", "postgres", "redis", "migrations", "seed", "env", "services"}
 
 
 def load(
@@ -338,6 +346,7 @@ def _validate(config: Any, source: str) -> None:
 
     if isinstance(config, Config):
         choice("backend", config.backend, BACKEND_NAMES)
+        choice("diagnostics", config.diagnostics, DIAGNOSTICS_MODES)
         if config.timeout <= 0:
             raise ConfigError(f"{source}: timeout must be a positive number of seconds, found {config.timeout}")
     elif isinstance(config, MigrationsConfig):

@@ -24,6 +24,7 @@ signal's code for ``Interrupted``).
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 #: Exit code for envkit's own failures; a child command's code is passed through.
 EXIT_ENVKIT_ERROR = 3
@@ -34,6 +35,7 @@ class EnvkitError(Exception):
 
     stage: str | None = None  # the lifecycle stage that failed, set by the pipeline
     service: str | None = None
+    diagnostics: Path | None = None  # the diagnostics bundle written for this failure, if any
 
 
 class ConfigError(EnvkitError):

@@ -92,8 +92,12 @@ def github_env(env: Mapping[str, str]) -> str:
     """Lines for ``$GITHUB_ENV``: multi-line values use the heredoc syntax with a random delimiter."""
     lines = []
     for key, value in env.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key):
+            raise ConfigError(f"cannot export {key!r} to GitHub Actions: a name has letters, digits, '_' and '-' only")
         if "\n" in value or "\r" in value:
             delim = f"ENVKIT_EOF_{secrets.token_hex(8)}"
+            while delim in value:  # a value cannot end the block early, even by a one-in-2^64 chance
+                delim = f"ENVKIT_EOF_{secrets.token_hex(8)}"
             lines.append(f"{key}<<{delim}\n{value}\n{delim}\n")
         else:
             lines.append(f"{key}={value}\n")

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, exports, state
-from .backends import select as select_backend
+from . import cache, diagnostics, exports, state
 from .backends import by_name
+from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
 from .errors import EnvkitError, Interrupted, StateError
@@ -34,6 +34,7 @@ from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
 from .state import Session, write_private
 from .wait import wait_for
+from .watchdog import start as start_watchdog
 
 log = logging.getLogger("envkit")
 T = TypeVar("T")
@@ -119,12 +120,19 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         return result
 
     _preimport("psycopg")
+    if config.env:  # user-defined exports are Jinja2 templates: its import (25-50 ms) overlaps the servers' start
+        _preimport("jinja2")
     reap_stale(config)
     backend = select_backend(config)
-    with ExitStack() as stack:
-        session = state.begin(config, backend.name)
+    session = state.begin(config, backend.name)
+    # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
+    with ExitStack() as stack, diagnostics.capture(config, session, backend, timings, report):
         stack.callback(session.remove)
+        if config.watchdog:  # tears down if this process is killed before it can (SIGKILL)
+            stack.callback(start_watchdog(config, session))
         key = _snapshot_key(config, backend.name)
+        if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
+            _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
         running = stage("start", backend.start, config, session, stack, key,
                         detail=lambda r: _describe(r, session))
         pg = running.postgres
@@ -248,11 +256,14 @@ def down(config: Config) -> Session | None:
 # -- hand-off -------------------------------------------------------------------
 
 def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None,
-        keep: bool = False, keep_on_failure: bool = False, on_kept: Callable[[Environment], None] | None = None) -> int:
+        keep: bool = False, keep_on_failure: bool = False, on_kept: Callable[[Environment], None] | None = None,
+        on_up: Callable[[Environment], None] | None = None) -> int:
     """Bring the environment up, run ``argv`` in it, tear it down; returns the command's exit code."""
     env = up(config, reporter=reporter)
     code: int | None = None
     try:
+        if on_up:
+            on_up(env)
         code = run_child(argv, {**config.environ, **env.exports})
         return code
     finally:
@@ -261,9 +272,23 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
             if on_kept:
                 on_kept(env)
         else:
+            if config.diagnostics == "always":
+                _diagnose(env, reporter or _log_reporter)
             t0 = time.perf_counter()
             env.down()
             (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
+
+
+def _diagnose(env: Environment, report: Reporter) -> None:
+    """Write the diagnostics bundle of a running environment (``--diagnostics``), before it goes down."""
+    t0 = time.perf_counter()
+    try:
+        path = diagnostics.write(env.config, env.session, by_name(env.session.backend), timings=env.timings,
+                                 running=env.running)
+    except Exception as exc:  # noqa: BLE001 - diagnostics never turn a run into a failure
+        log.warning("could not write the diagnostics bundle: %s", exc)
+    else:
+        report("diagnostics", "done", time.perf_counter() - t0, f"written to {path}")
 
 
 def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> int:

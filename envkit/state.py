@@ -93,7 +93,11 @@ def begin(config: Config, backend: str) -> Session:
 
 def load(config: Config) -> Session | None:
     """The recorded session of this checkout, or None."""
-    file = config.state_path / STATE_FILE
+    return read(config.state_path / STATE_FILE)
+
+
+def read(file: Path) -> Session | None:
+    """The session recorded in a state file (``ENVKIT_STATE_FILE`` from another process), or None."""
     try:
         data = json.loads(file.read_text())
     except FileNotFoundError:
@@ -101,4 +105,4 @@ def load(config: Config) -> Session | None:
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read {file}: {exc}; remove it if no environment is running") from None
     known = set(Session.__dataclass_fields__) - {"path"}
-    return Session(path=config.state_path, **{k: v for k, v in data.items() if k in known})
+    return Session(path=file.parent, **{k: v for k, v in data.items() if k in known})

@@ -8,15 +8,39 @@ the container was OOM-killed): that ends the wait at once.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from .errors import ReadyTimeout, ServiceFailed
 
 log = logging.getLogger("envkit")
 T = TypeVar("T")
+
+#: Where :func:`wait_for` records each wait while :func:`recording` is active (for the diagnostics bundle).
+_history: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("envkit_wait_history", default=None)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[dict[str, Any]]]:
+    """Collect a record of every wait (service, check, attempts, errors seen, outcome) made inside the block."""
+    history: list[dict[str, Any]] = []
+    token = _history.set(history)
+    try:
+        yield history
+    finally:
+        _history.reset(token)
+
+
+def _record(service: str, what: str, start: float, attempts: int, errors: dict[str, int], outcome: str) -> None:
+    history = _history.get()
+    if history is not None:
+        history.append({"service": service, "check": what, "seconds": round(time.monotonic() - start, 4),
+                        "attempts": attempts, "outcome": outcome,
+                        "errors": [{"error": e, "count": n} for e, n in list(errors.items())[:20]]})
 
 
 def wait_for(
@@ -38,21 +62,27 @@ def wait_for(
     deadline = start + timeout
     last_error: str = "no answer yet"
     attempts = 0
+    errors: dict[str, int] = {}  # distinct errors seen, in order, with counts: the health-check history
     while True:
         attempts += 1
         try:
             result = check()
-        except (ServiceFailed, TypeError, NameError, AttributeError):
+        except (ServiceFailed, TypeError, NameError, AttributeError) as exc:
+            _record(service, what, start, attempts, errors, "failed: " + (str(exc).splitlines() or [type(exc).__name__])[0])
             raise  # the service is gone for good, or envkit has a bug: waiting will not help
         except Exception as exc:  # noqa: BLE001 - any error means "not ready yet"
             last_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         else:
             if result:
                 log.debug("%s: %s after %.3f s (%d attempts)", service, what, time.monotonic() - start, attempts)
+                _record(service, what, start, attempts, errors, "ready")
                 return result
             last_error = "check returned no result"
+        if last_error in errors or len(errors) < 50:
+            errors[last_error] = errors.get(last_error, 0) + 1
         now = time.monotonic()
         if now >= deadline:
+            _record(service, what, start, attempts, errors, f"timed out after {timeout:g} s")
             raise ReadyTimeout(
                 f"{service}: {what} did not succeed within {timeout:g} s ({attempts} attempts); "
                 f"last error: {last_error}. Check the log below, or raise the timeout (--timeout, ENVKIT_TIMEOUT)",

@@ -7,6 +7,7 @@ containers, networks and volumes with envkit's labels.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -50,6 +51,12 @@ def envkit_processes() -> set[tuple[int, str]]:
     return found
 
 
+def processes_of(root: Path) -> set[tuple[int, str]]:
+    """envkit processes (servers, watchdogs) of the checkout at ``root``; other suites' are not counted."""
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:6]
+    return {p for p in envkit_processes() if _root_hash(_label_of(p[0])) == digest}
+
+
 def envkit_run_dirs() -> set[str]:
     return {str(p) for p in tmpfs_root().glob("envkit-*")}
 
@@ -63,14 +70,47 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     return predicate()
 
 
+def _session_roots(base: Path) -> set[str]:
+    """Root hashes of the projects this test session made (a label is ``<project>-<sha1(root)[:6]>-<id>``).
+
+    The leak check looks only at these: another suite running on the same machine starts
+    environments of its own, which are not this test's leaks and must not be killed.
+    """
+    roots = {REPO / "examples" / "demo"}
+    for pattern in (".envkit", "*/.envkit", "*/*/.envkit", "*/*/*/.envkit"):
+        roots.update(p.parent for p in base.glob(pattern))
+    return {hashlib.sha1(str(r.resolve()).encode()).hexdigest()[:6] for r in roots}
+
+
+def _root_hash(label: str) -> str:
+    parts = label.rsplit("-", 2)
+    return parts[-2] if len(parts) == 3 else ""
+
+
+def _label_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            marker = next((v for v in fh.read().split(b"\0") if v.startswith(b"ENVKIT_SESSION=")), b"=")
+    except OSError:
+        return ""
+    return marker.split(b"=", 1)[1].decode(errors="replace")
+
+
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
+def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fail a test that leaves an envkit process or run directory behind."""
     procs, dirs = envkit_processes(), envkit_run_dirs()
     yield
-    ok = wait_until(lambda: envkit_processes() <= procs and envkit_run_dirs() <= dirs, timeout=10)
+    base = tmp_path_factory.getbasetemp()
+
+    def leaks() -> tuple[set[tuple[int, str]], set[str]]:
+        ours = _session_roots(base)
+        return ({p for p in envkit_processes() - procs if _root_hash(_label_of(p[0])) in ours},
+                {d for d in envkit_run_dirs() - dirs if _root_hash(Path(d).name.removeprefix("envkit-")) in ours})
+
+    ok = wait_until(lambda: leaks() == (set(), set()), timeout=10)
     if not ok:
-        leaked_p, leaked_d = envkit_processes() - procs, envkit_run_dirs() - dirs
+        leaked_p, leaked_d = leaks()
         # clean up so one leak does not cascade into every later test
         for pid, _ in leaked_p:
             try:

@@ -16,7 +16,7 @@ import bcrypt
 import psycopg
 import pytest
 import redis
-from conftest import Project, envkit_processes, envkit_run_dirs, need, wait_until
+from conftest import Project, envkit_run_dirs, need, processes_of, wait_until
 from projects import USERS_TABLE, alembic_project
 
 import envkit
@@ -300,9 +300,9 @@ def test_two_checkouts_at_once_do_not_collide(tmp_path: Path, shared_cache: Path
             p.cli("down")
 
 
-def _start_test_run(project: Project, extra: list[str] | None = None) -> tuple[subprocess.Popen[str], Path]:
+def _start_test_run(project: Project, extra: list[str] | None = None, body: str = "") -> tuple[subprocess.Popen[str], Path]:
     marker = project.root / "child-started"
-    project.configure()
+    project.configure(body)
     project.write("tests/test_slow.py", f"""
         import pathlib, time
         def test_slow():
@@ -316,19 +316,20 @@ def _start_test_run(project: Project, extra: list[str] | None = None) -> tuple[s
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_during_envkit_test_tears_down(project: Project, sig: int, code: int) -> None:
-    procs_before, dirs_before = envkit_processes(), envkit_run_dirs()
+    procs_before, dirs_before = processes_of(project.root), envkit_run_dirs()
     proc, _ = _start_test_run(project)
-    assert envkit_processes() - procs_before  # servers are running
+    assert processes_of(project.root) - procs_before  # servers are running
     proc.send_signal(sig)
     assert proc.wait(30) == code
     proc.stdout.close()  # type: ignore[union-attr]
     proc.stderr.close()  # type: ignore[union-attr]
-    assert envkit_processes() <= procs_before and envkit_run_dirs() <= dirs_before
+    assert processes_of(project.root) <= procs_before
+    assert not any(project.load().name in d for d in envkit_run_dirs() - dirs_before)
     assert not (project.root / ".envkit" / "state.json").exists()
 
 
 def test_second_ctrl_c_during_teardown_still_leaves_nothing(project: Project) -> None:
-    procs_before = envkit_processes()
+    procs_before = processes_of(project.root)
     proc, _ = _start_test_run(project)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -336,12 +337,12 @@ def test_second_ctrl_c_during_teardown_still_leaves_nothing(project: Project) ->
     assert proc.wait(30) == 130
     proc.stdout.close()  # type: ignore[union-attr]
     proc.stderr.close()  # type: ignore[union-attr]
-    assert wait_until(lambda: envkit_processes() <= procs_before, 10)
+    assert wait_until(lambda: processes_of(project.root) <= procs_before, 10)
 
 
 def test_sigkill_of_envkit_is_cleaned_up_by_the_next_down(project: Project) -> None:
-    procs_before = envkit_processes()
-    proc, _ = _start_test_run(project)
+    procs_before = processes_of(project.root)
+    proc, _ = _start_test_run(project, body="watchdog = false")  # else the watchdog tears down first (test_watchdog.py)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     proc.stdout.close()  # type: ignore[union-attr]
@@ -351,7 +352,7 @@ def test_sigkill_of_envkit_is_cleaned_up_by_the_next_down(project: Project) -> N
     assert (project.root / ".envkit" / "state.json").exists()
     down = project.cli("down", check=True)
     assert "torn down" in down.stderr
-    assert wait_until(lambda: envkit_processes() <= procs_before, 10)
+    assert wait_until(lambda: processes_of(project.root) <= procs_before, 10)
 
 
 def test_keep_on_failure_leaves_it_up_and_says_how_to_end_it(project: Project) -> None:

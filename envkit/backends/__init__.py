@@ -58,7 +58,9 @@ def select(config: Config) -> Backend:
 
 def docker_reachable(environ: Mapping[str, str], timeout: float = 0.5) -> bool:
     """Whether a Docker engine answers /_ping (a raw request: importing the SDK costs 0.2 s)."""
-    host = environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    from .engine import locate  # DOCKER_HOST, else the current docker context, else the local socket
+
+    host = locate(environ).url
     try:
         if host.startswith("unix://"):
             path = host[len("unix://"):]

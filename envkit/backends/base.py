@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import quote
 
 from ..config import Config
@@ -23,9 +23,9 @@ class PostgresEndpoint:
     host: str
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)  # never in a repr: tracebacks end up in CI logs
     database: str
-    admin_url: str  # a superuser connection (libpq URL) used to create roles and databases
+    admin_url: str = field(repr=False)  # a superuser connection (libpq URL) used to create roles and databases
     owned: bool = True  # envkit started this server: it may create and drop anything on it
     version: str = ""
 
@@ -47,7 +47,7 @@ class RedisEndpoint:
     host: str
     port: int
     db: int = 0
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     owned: bool = True
     version: str = ""
 
@@ -94,6 +94,23 @@ class Backend(Protocol):
 
     def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
         """The services' logs, by service name."""
+        ...
+
+
+@runtime_checkable
+class SupportsDiagnostics(Protocol):
+    """Optional for a backend: what it knows about its services beyond their logs, for the diagnostics bundle.
+
+    Backends without it get their :meth:`Backend.logs` in the bundle instead.
+    """
+
+    def diagnostics(self, session: Session) -> dict[str, dict[str, Any]]:
+        """Per service name: ``{"log": str, "state": {...}, "health": [...]}``, every key optional.
+
+        ``state`` says what became of the service (running, exited and its exit
+        code, OOM-killed, its port); ``health`` is its health-check history,
+        oldest first. Called before teardown, so logs and containers still exist.
+        """
         ...
 
 

@@ -3,6 +3,13 @@
 Identifiers are composed with ``psycopg.sql.Identifier``; values are bound
 (or, where PostgreSQL's utility statements take no parameters, quoted
 client-side with ``sql.Literal``).
+
+The guard: migrate, seed, truncate, flush and drop go through :func:`guard`
+(or :func:`guard_redis`), which lets them touch a database only when envkit
+owns the server, created that database itself (this process remembers what
+:func:`create_database` made; other processes pass ``created_by_envkit``), or
+the database looks disposable: a test-like name on a loopback or allowed host.
+``allow_unsafe`` (``ENVKIT_ALLOW_UNSAFE=1``) overrides it, with a warning.
 """
 
 from __future__ import annotations
@@ -11,17 +18,30 @@ import ipaddress
 import logging
 import re
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ..errors import ProvisionError, UnsafeTarget
+from ..errors import ProvisionError, ReadyTimeout, UnsafeTarget
+from ..wait import wait_for
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint
+    from ..backends.base import PostgresEndpoint, RedisEndpoint
+    from ..config import Config
 
 log = logging.getLogger("envkit")
 
 #: Names that look like a throwaway test database.
 TEST_NAME = re.compile(r"(^|[_\-])tests?($|[_\-\d])|_test\d*$|^test", re.IGNORECASE)
+#: PostgreSQL's longest identifier (NAMEDATALEN - 1); longer names are silently truncated.
+MAX_NAME = 63
+
+# (host, port, name) of every database this process created: the guard lets envkit drop what it made.
+_created: set[tuple[str, int, str]] = set()
+
+
+def created_here(pg: PostgresEndpoint, name: str) -> bool:
+    """Whether this process created database ``name`` on ``pg``'s server (and has not dropped it)."""
+    return (pg.host, pg.port, name) in _created
 
 
 def connect(conninfo: str, connect_timeout: int = 5):  # type: ignore[no-untyped-def]
@@ -55,10 +75,18 @@ def create_database(pg: PostgresEndpoint, name: str, *, owner: str | None = None
     if owner:
         query += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
     if template:
-        query += sql.SQL(" TEMPLATE {} STRATEGY FILE_COPY").format(sql.Identifier(template))
+        # FILE_COPY forces checkpoints: fastest on envkit's own fsync-off tmpfs servers, 5-20x slower than
+        # WAL_LOG on a real one (an external server, fsync on)
+        strategy = "FILE_COPY" if pg.owned else "WAL_LOG"
+        query += sql.SQL(" TEMPLATE {} STRATEGY {}").format(sql.Identifier(template), sql.SQL(strategy))
     with connect(pg.admin_url) as conn:
         try:
             conn.execute(query)
+        except errors.InsufficientPrivilege:
+            raise ProvisionError(
+                f"the role connecting to {pg.host}:{pg.port} may not create database {name!r}; give envkit the URL "
+                "of a role with CREATEDB (postgres.url, or DATABASE_URL for the external backend)"
+            ) from None
         except errors.DuplicateDatabase:
             if exist_ok:
                 return False
@@ -68,15 +96,70 @@ def create_database(pg: PostgresEndpoint, name: str, *, owner: str | None = None
             ) from None
         except errors.FeatureNotSupported:  # PostgreSQL < 15 has no STRATEGY
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template or "template1")))
+    _created.add((pg.host, pg.port, name))
     return True
 
 
-def drop_database(pg: PostgresEndpoint, name: str, *, created_by_envkit: bool) -> None:
+def clone_database(pg: PostgresEndpoint, name: str, template: str, *, timeout: float = 10.0) -> None:
+    """``CREATE DATABASE name TEMPLATE template``, waiting while other sessions still use the template."""
+    from psycopg import errors
+
+    def attempt() -> bool | Exception:
+        try:
+            create_database(pg, name, template=template)
+        except errors.ObjectInUse:
+            raise  # somebody is connected to the template: try again
+        except Exception as exc:  # noqa: BLE001 - anything else will not get better by waiting
+            return exc
+        return True
+
+    try:
+        outcome = wait_for(attempt, service="postgres", what=f"clone database {template!r} into {name!r}",
+                           timeout=timeout, interval=0.02, max_interval=0.25)
+    except ReadyTimeout:
+        raise ProvisionError(
+            f"cannot clone database {template!r} on {pg.host}:{pg.port}: other sessions are connected to it "
+            f"({_sessions_on(pg, template)}). envkit uses it as the template of each test process's database; close "
+            "those connections (a psql shell, a running app) and run again"
+        ) from None
+    if isinstance(outcome, Exception):
+        raise outcome
+
+
+def _sessions_on(pg: PostgresEndpoint, database: str) -> str:
+    try:
+        with connect(pg.admin_url) as conn:
+            rows = conn.execute(
+                "SELECT coalesce(nullif(application_name, ''), 'unnamed') || ' (pid ' || pid || ')' FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)).fetchall()
+    except Exception as exc:  # noqa: BLE001 - only for the message
+        return f"could not list them: {exc}"
+    return ", ".join(r[0] for r in rows) or "none left now"
+
+
+def drop_database(pg: PostgresEndpoint, name: str, *, created_by_envkit: bool | None = None,
+                  allow_hosts: Sequence[str] = (), allow_unsafe: bool = False) -> None:
     from psycopg import sql
 
-    guard(pg, name, "drop", created_by_envkit=created_by_envkit)
+    guard(pg, name, "drop", created_by_envkit=created_by_envkit, allow_hosts=allow_hosts, allow_unsafe=allow_unsafe)
     with connect(pg.admin_url) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    _created.discard((pg.host, pg.port, name))
+
+
+def drop_derived(pg: PostgresEndpoint, prefix: str) -> list[str]:
+    """Drop every database whose name starts with ``prefix``: the ones envkit derived from a database it created.
+
+    ``prefix`` must carry a part unique to one environment or run (a session or
+    run id), which is what makes these envkit's own.
+    """
+    with connect(pg.admin_url) as conn:
+        names = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE left(datname, %s) = %s AND NOT datistemplate",
+            (len(prefix), prefix)).fetchall()]
+    for name in names:
+        drop_database(pg, name, created_by_envkit=True)
+    return names
 
 
 def prepare_schema(pg: PostgresEndpoint, schema: str) -> None:
@@ -109,13 +192,16 @@ def is_loopback(host: str) -> bool:
             return False
 
 
-def guard(pg: PostgresEndpoint, database: str, operation: str, *, created_by_envkit: bool,
-          allow_hosts: list[str] | tuple[str, ...] = (), allow_unsafe: bool = False) -> None:
+def guard(pg: PostgresEndpoint, database: str, operation: str, *, created_by_envkit: bool | None = None,
+          allow_hosts: Sequence[str] = (), allow_unsafe: bool = False) -> None:
     """Refuse a destructive ``operation`` on a database envkit did not create, unless it looks like a test one.
 
     Modelled on Rails' ProtectedEnvironmentError: the name must look like a
     test database and the host must be loopback or listed in allow_hosts.
+    ``created_by_envkit=None`` asks whether this process created it.
     """
+    if created_by_envkit is None:
+        created_by_envkit = created_here(pg, database)
     if created_by_envkit or pg.owned:
         return
     reasons = []
@@ -133,4 +219,31 @@ def guard(pg: PostgresEndpoint, database: str, operation: str, *, created_by_env
         f"refusing to {operation} database {database!r} on {pg.host}:{pg.port}: envkit did not create it, and "
         f"{' and '.join(reasons)}. If this really is a disposable test database, set ENVKIT_ALLOW_UNSAFE=1 "
         "(logged), or list the host in postgres.allow_hosts"
+    )
+
+
+def guard_with(config: Config, pg: PostgresEndpoint, database: str, operation: str, *,
+               created_by_envkit: bool | None = None) -> None:
+    """:func:`guard` with the configured ``postgres.allow_hosts`` and ``allow_unsafe``."""
+    guard(pg, database, operation, created_by_envkit=created_by_envkit,
+          allow_hosts=config.postgres.allow_hosts, allow_unsafe=config.allow_unsafe)
+
+
+def guard_redis(redis: RedisEndpoint, operation: str, *, allow_hosts: Sequence[str] = (), allow_unsafe: bool = False) -> None:
+    """Refuse to ``operation`` (flush) a Redis database on a server envkit does not own, unless its host is local.
+
+    The index is one envkit was told it may use (``redis.db``); the host check
+    catches a REDIS_URL that points at a shared or production server.
+    """
+    if redis.owned or is_loopback(redis.host) or redis.host in allow_hosts:
+        return
+    reason = f"its host {redis.host!r} is not loopback and not in redis.allow_hosts"
+    if allow_unsafe:
+        log.warning("%s of redis db %d at %s:%d allowed by ENVKIT_ALLOW_UNSAFE although %s",
+                    operation, redis.db, redis.host, redis.port, reason)
+        return
+    raise UnsafeTarget(
+        f"refusing to {operation} redis database {redis.db} on {redis.host}:{redis.port}: envkit did not start that "
+        f"server, and {reason}. If it is a disposable test server, list the host in redis.allow_hosts, or set "
+        "ENVKIT_ALLOW_UNSAFE=1 (logged)"
     )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config
 from ..errors import CommandFailed, MigrationFailed
 from ..proc import run
-from .database import connect
+from .database import connect, guard_with
 
 if TYPE_CHECKING:
     from ..backends.base import PostgresEndpoint
@@ -44,6 +44,7 @@ def migrate(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> str
     kind = kind_of(config)
     if kind == "none":
         return "no migrations configured"
+    guard_with(config, pg, pg.database, "migrate")
     runner = {"alembic": _alembic, "sql": _sql, "metadata": _metadata, "command": _command}[kind]
     return runner(config, pg, env)
 

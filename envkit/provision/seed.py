@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import Config, SeedConfig
 from ..errors import SeedError
 from ..state import write_private
-from .database import connect
+from .database import connect, guard_with
 from .migrate import _isolated, import_target
 
 if TYPE_CHECKING:
@@ -122,6 +122,8 @@ def _adapt(value: Any) -> Any:
 def seed(config: Config, pg: PostgresEndpoint, users_file: Path, env: Mapping[str, str]) -> str:
     """Insert the users, run the SQL seed files and the hook; write the users file."""
     users = load_users(config)
+    if users or config.seed.sql or config.seed.hook:
+        guard_with(config, pg, pg.database, "seed")
     done = []
     if users:
         rows = rows_for(users, config.seed)

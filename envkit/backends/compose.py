@@ -1,0 +1,302 @@
+"""The docker backend: a rendered docker-compose.test.yml run with the Compose CLI.
+
+    plan (ports, the images' data paths, labels) → render → compose up -d
+    → wait (container state and health, host-side probes) → hand over
+    … teardown: compose down -v --remove-orphans, then remove whatever still
+    carries the session's label
+
+Compose is always called with an explicit project name (``envkit-<session>``),
+``-f`` and ``--project-directory``, in an environment without ``COMPOSE_*``,
+so neither the user's shell nor a ``.env`` can point it elsewhere. Waiting,
+logs and cleanup use the Docker SDK.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import secrets
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import ports, watchdog
+from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ..errors import BackendUnavailable, PortInUse, ServiceFailed
+from ..exports import render as render_exports
+from ..proc import run
+from ..render import PG_CONTAINER_PORT, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
+from ..services import ServiceSpec, specs
+from ..state import Session, write_private
+from . import containers, engine, reaper
+from .base import PostgresEndpoint, RedisEndpoint, Running
+from .native import ping_redis
+
+log = logging.getLogger("envkit")
+
+COMPOSE_FILE = "docker-compose.test.yml"  # in the state directory
+_STOP_TIMEOUT = "1"  # seconds compose gives a container to stop: the data is thrown away anyway
+_PORT_ERROR = re.compile(r"(?:Bind for \S*?:(\d+) failed|listen tcp\d? \S*?:(\d+): bind: address already in use)")
+
+
+class ComposeBackend:
+    """Services as containers of one compose project per session."""
+
+    name: ClassVar[str] = "docker"
+
+    # -- start -------------------------------------------------------------
+    def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
+        where = engine.locate(config.environ, config.host)
+        pool = ThreadPoolExecutor(1)
+        connecting = pool.submit(engine.client, where, config.environ)  # the SDK is imported while compose starts things
+        try:
+            cli = engine.compose_cli(config.environ)
+            user = specs(config)
+            compose_file = config.state_path / COMPOSE_FILE
+            compose_file.unlink(missing_ok=True)  # a previous run's: teardown must not act on it
+            session.resources.update(
+                compose={"project": f"envkit-{session.label}", "file": str(compose_file), "cli": cli,
+                         "project_directory": str(config.root),
+                         "env": {k: config.environ[k] for k in engine.ENGINE_VARIABLES if k in config.environ}},
+                engine={"url": where.url, "context": where.context},
+            )
+            session.save()
+            stack.callback(self.teardown, session)
+
+            password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
+            plan = self._plan(config, session, where, engine.Inspector(where, connecting), password)
+            write_private(compose_file, render(config, plan))
+            self._up(session, connecting, engine.compose_env(config.environ))
+            client = connecting.result()
+        finally:
+            pool.shutdown(wait=False)
+        found = containers.find(client.api, session.resources["compose"]["project"])
+        session.resources["containers"] = found
+        session.save()
+        try:  # while the containers start: environments of envkit processes that were killed, on this engine and host
+            reaper.prune(client)
+        except Exception as exc:  # noqa: BLE001 - reaping others must never stop this run
+            log.warning("could not look for orphaned environments: %s", exc)
+        return self._wait(config, session, where, client.api, found, password, user)
+
+    def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector, password: str) -> Plan:
+        taken: set[int] = set()
+        plan_ports: dict[str, dict[int, int | None]] = {}
+        tmpfs: dict[str, list[str]] = {}
+        if config.postgres.enabled:
+            plan_ports["postgres"] = {PG_CONTAINER_PORT: _host_port("postgres", config.postgres.port, DEFAULT_PG_PORT,
+                                                                    where, taken)}
+            env, volumes = _image_paths(docs, config.postgres.image)
+            tmpfs["postgres"] = postgres_tmpfs(config.postgres.image, env.get("PGDATA"), volumes) if volumes is not None \
+                else postgres_tmpfs(config.postgres.image)
+        if config.redis.enabled:
+            plan_ports["redis"] = {REDIS_CONTAINER_PORT: _host_port("redis", config.redis.port, DEFAULT_REDIS_PORT,
+                                                                    where, taken)}
+            tmpfs["redis"] = tmpfs_paths(_image_paths(docs, config.redis.image)[1] or [], "/data")
+        for spec in specs(config):
+            plan_ports[spec.name] = {p: None for p in spec.ports}
+        modern = docs.at_least("1.44")  # Docker 25: start_interval, so checks are fast early and rare later
+        health = Health(interval="1s" if modern else "250ms", start_interval="100ms" if modern else None,
+                        start_period=f"{max(int(config.timeout), 1)}s")
+        return Plan(labels=reaper.labels(config, session), password=password, bind=where.bind, ports=plan_ports,
+                    tmpfs=tmpfs, health=health, image_volumes=lambda image: _image_paths(docs, image)[1] or [])
+
+    def _up(self, session: Session, connecting: Future[Any], environ: dict[str, str]) -> None:
+        res = session.resources["compose"]
+        # marked: a watchdog lets a `compose up` its dead owner left behind finish before tearing down
+        env = {**environ, watchdog.STARTED_BY: session.label}
+        result = run([*_base(res), "up", "-d"], env=env, check=False, timeout=600)
+        legacy = engine.legacy_compose(res["env"], result.stdout) if result.returncode else None
+        if legacy:
+            res["cli"] = legacy
+            session.save()
+            result = run([*_base(res), "up", "-d"], env=env, check=False, timeout=600)
+        if result.returncode == 0:
+            return
+        output = result.stdout.strip()
+        port = _PORT_ERROR.search(output)
+        if port:
+            number = int(port.group(1) or port.group(2))
+            who = ports.holder(number) or "another process"
+            raise PortInUse(f"docker could not publish port {number}: it is already in use (held by {who}); free it, "
+                            f"or set the port to 0 or 'auto' (rendered compose file: {res['file']})\n{output}", number)
+        api = connecting.result().api
+        found = containers.find(api, res["project"])
+        details = "\n\n".join(containers.diagnose(api, s, c) for s, c in found.items())
+        raise ServiceFailed(f"docker compose up failed with exit code {result.returncode} (rendered compose file: "
+                            f"{res['file']}): {output.splitlines()[-1] if output else 'no output'}", "compose",
+                            output + ("\n\n" + details if details else ""))
+
+    def _wait(self, config: Config, session: Session, where: engine.Engine, api: Any, found: dict[str, str],
+              password: str, user: list[ServiceSpec]) -> Running:
+        host = where.url_host
+        running = Running(backend=self.name)
+        watches: list[containers.Watch] = []
+        facts: dict[str, str] = {}
+        pg: PostgresEndpoint | None = None
+        redis_port = 0
+        compose_file = session.resources["compose"]["file"]
+        if config.postgres.enabled:
+            watch = containers.Watch("postgres", found["postgres"], probe_suffices=True)
+            pg = PostgresEndpoint(host=host, port=containers.host_port(api, watch, PG_CONTAINER_PORT, compose_file),
+                                  user=config.postgres.user, password=password, database=config.database, admin_url="")
+            pg = dataclasses.replace(pg, admin_url=pg.libpq(database="postgres"))  # the image's superuser is the app's user
+            watch.probe = _postgres_probe(pg, facts)
+            watches.append(watch)
+        if config.redis.enabled:
+            watch = containers.Watch("redis", found["redis"], probe_suffices=True)
+            redis_port = containers.host_port(api, watch, REDIS_CONTAINER_PORT, compose_file)
+            watch.probe = lambda: ping_redis(host, redis_port)
+            watches.append(watch)
+        published = {}
+        for spec in user:
+            watch = containers.Watch(spec.name, found[spec.name])
+            published[spec.name] = {p: containers.host_port(api, watch, p, compose_file) for p in spec.ports}
+            watch.probe = _user_probe(api, found[spec.name], spec, host, published[spec.name])
+            watches.append(watch)
+        containers.wait_all(api, watches, config.timeout, compose_file)
+
+        if pg:
+            running.postgres = dataclasses.replace(pg, version=facts.get("postgres", ""))
+            session.info["postgres"] = {"image": config.postgres.image, "version": facts.get("postgres", ""),
+                                        "container": found["postgres"][:12]}
+        if config.redis.enabled:
+            version = _redis_version(host, redis_port)
+            running.redis = RedisEndpoint(host, redis_port, config.redis.db, version=version)
+            session.info["redis"] = {"image": config.redis.image, "version": version, "container": found["redis"][:12]}
+        for spec in user:
+            mapping = published[spec.name]
+            ctx = {"host": host, "port": next(iter(mapping.values()), None), "ports": mapping, "service": spec.name,
+                   "project": config.project, "vars": spec.vars}
+            info: dict[str, Any] = {k: v for k, v in ctx.items() if k not in ("project", "vars")}
+            info["exports"] = render_exports(spec.exports, ctx, f"{config.source} [services.{spec.name}]")
+            running.extra[spec.name] = info
+        session.save()
+        return running
+
+    # -- teardown ----------------------------------------------------------
+    def teardown(self, session: Session) -> None:
+        """compose down by project name, then remove anything still labelled with the session; idempotent."""
+        res = session.resources.get("compose")
+        if not res:
+            return
+        with ThreadPoolExecutor(1) as pool:
+            connecting = pool.submit(self._client, session)  # imported while compose works
+            if Path(res["file"]).exists():
+                result = run([*_base(res), "down", "-v", "--remove-orphans", "-t", _STOP_TIMEOUT],
+                             env=engine.compose_env(res["env"]), check=False, timeout=300)
+                if result.returncode != 0:
+                    log.warning("docker compose down for %s failed (exit %d): %s", res["project"], result.returncode,
+                                result.stdout.strip()[-500:])
+            try:
+                reaper.remove_session(connecting.result(), session.label)
+            except BackendUnavailable as exc:
+                log.warning("cannot reach the Docker engine to finish tearing down %s: %s", session.label, exc)
+
+    # -- logs and diagnostics ----------------------------------------------
+    def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
+        api = self._client(session).api
+        found = containers.find(api, session.resources.get("compose", {}).get("project", f"envkit-{session.label}"))
+        names = [service] if service else sorted(found)
+        return {name: containers.logs(api, found[name]) if name in found else "(no such service)" for name in names}
+
+    def diagnostics(self, session: Session) -> dict[str, dict[str, Any]]:
+        """Per service: the whole log, the container's state (exit code, OOMKilled, ports) and its health-check history."""
+        if "compose" not in session.resources:
+            return {}  # failed before anything was started
+        api = self._client(session).api
+        out: dict[str, dict[str, Any]] = {}
+        for name, container in sorted(containers.find(api, session.resources["compose"]["project"]).items()):
+            try:
+                attrs = api.inspect_container(container)
+            except Exception as exc:  # noqa: BLE001 - a bundle must be written even when the engine misbehaves
+                out[name] = {"state": {"error": str(exc)}}
+                continue
+            state = containers.state_summary(attrs["State"])
+            state.update(container=container[:12], image=attrs["Config"]["Image"],
+                         ports=attrs["NetworkSettings"].get("Ports"), compose_file=session.resources["compose"]["file"])
+            out[name] = {"log": containers.logs(api, container, 5000), "state": state,
+                         "health": containers.health_log(attrs["State"])}
+        return out
+
+    @staticmethod
+    def _client(session: Session) -> Any:
+        res = session.resources.get("compose", {})
+        where = session.resources.get("engine", {})
+        return engine.client(engine.Engine(url=where.get("url", engine.DEFAULT_SOCKET), context=where.get("context")),
+                             res.get("env", {}))
+
+
+def _base(res: dict[str, Any]) -> list[str]:
+    """The compose command line with everything that pins it to this session's project."""
+    return [*res["cli"], "--ansi", "never", "-p", res["project"], "-f", res["file"],
+            "--project-directory", res["project_directory"]]
+
+
+def _host_port(service: str, value: int | str | None, default: int, where: engine.Engine, taken: set[int]) -> int | None:
+    """None: let Docker pick (read back after start); else the port to publish, resolved like the native backend."""
+    requested, strict = port_request(value, default)
+    if requested == 0:
+        return None
+    if where.remote:  # the local port table says nothing about the remote engine's
+        return requested
+    port = ports.resolve(service, requested, strict, avoid=taken)
+    taken.add(port)
+    return port
+
+
+def _image_paths(docs: engine.Inspector, image: str) -> tuple[dict[str, str], list[str] | None]:
+    """The image's environment and declared VOLUMEs; (\\{}, None) when it is not present locally yet."""
+    found = docs.image(image)
+    if found is None:
+        return {}, None
+    cfg = found.get("Config") or {}
+    env = dict(item.split("=", 1) for item in cfg.get("Env") or [] if "=" in item)
+    return env, sorted(cfg.get("Volumes") or {})
+
+
+def _postgres_probe(pg: PostgresEndpoint, facts: dict[str, str]) -> Any:
+    def probe() -> bool:
+        import psycopg
+
+        with psycopg.connect(pg.libpq(), connect_timeout=2, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+            number = conn.info.server_version
+        facts["postgres"] = f"{number // 10000}.{number % 10000}"
+        return True
+
+    return probe
+
+
+def _user_probe(api: Any, container: str, spec: ServiceSpec, host: str, published: dict[int, int]) -> Any:
+    probe = spec.probe
+    if probe.kind == "tcp":
+        return lambda: containers.tcp_probe(host, published[probe.port or 0])
+    if probe.kind == "http":
+        return lambda: containers.http_probe(host, published[probe.port or 0], probe.target)
+    if probe.kind == "command":
+        return lambda: containers.command_probe(api, container, probe.target)
+    if probe.kind == "log":
+        return lambda: containers.log_probe(api, container, probe.target)
+    return None  # "health": the container's own health check decides
+
+
+def _redis_version(host: str, port: int) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=1) as sock:
+            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+            found = re.search(rb"redis_version:([\d.]+)", sock.recv(4096))
+    except OSError:
+        return ""
+    return found.group(1).decode() if found else ""
+
+
+def prune(config: Config, *, dry_run: bool = False) -> list[str]:
+    """``envkit prune``: remove the Docker resources of every orphaned session on this engine and host."""
+    client = engine.client(engine.locate(config.environ, config.host), config.environ)
+    if dry_run:
+        return sorted(reaper.orphaned(client))
+    return reaper.prune(client)

@@ -1,0 +1,184 @@
+"""The external backend: PostgreSQL and Redis that somebody else started.
+
+GitHub Actions ``services:``, a shared development server, the databases a CI
+image ships with. envkit starts nothing here. It waits until both servers
+answer, then works only inside what it is given:
+
+* PostgreSQL: ``postgres.url`` (``ENVKIT_POSTGRES_URL``), or ``DATABASE_URL``
+  from the environment, is the URL of a role that may create databases. envkit
+  creates a fresh database named ``<database>_<session id>`` on that server
+  (the lifecycle does, and never adopts one that exists), hands tests that
+  database, and at teardown drops it and the databases derived from it
+  (``<that name>_…``: the pytest plugin's per-process copies), nothing else.
+* Redis: ``redis.url`` (``ENVKIT_REDIS_URL``), or ``REDIS_URL``. The index in
+  the URL's path, else ``redis.db``, is the one envkit may use: it is flushed at
+  teardown, and no other index is touched. Without a URL, envkit runs without
+  Redis.
+
+What teardown needs (the admin URL, the Redis index) is recorded in the
+session's resources, so ``envkit down`` from another process can do it.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
+
+from ..config import Config
+from ..errors import BackendUnavailable, ConfigError, ServiceFailed
+from ..provision import database
+from ..state import Session
+from ..wait import wait_for
+from .base import PostgresEndpoint, RedisEndpoint, Running
+from .native import ping_redis
+
+log = logging.getLogger("envkit")
+
+#: Longest part of the configured database name kept in the fresh database's name, leaving room for
+#: the session id and the plugin's per-process suffixes within PostgreSQL's 63 characters.
+_BASE_CHARS = 36
+
+
+class ExternalBackend:
+    """Servers that are already running; envkit creates, and later drops, only its own database."""
+
+    name: ClassVar[str] = "external"
+
+    def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
+        stack.callback(self.teardown, session)
+        running = Running(backend=self.name)
+        if config.postgres.enabled:
+            url = config.postgres.url or config.environ.get("DATABASE_URL")
+            if not url:
+                raise BackendUnavailable(
+                    "the external backend needs the URL of a running PostgreSQL server: set postgres.url "
+                    "(ENVKIT_POSTGRES_URL) or DATABASE_URL, or set postgres.enabled = false"
+                )
+            admin = admin_endpoint(url)
+            version = _wait_postgres(admin, config.timeout)
+            session.resources["admin_url"] = admin.admin_url
+            session.save()
+            running.postgres = PostgresEndpoint(
+                host=admin.host, port=admin.port, user=admin.user, password=admin.password,
+                database=f"{config.database[:_BASE_CHARS]}_{session.id}", admin_url=admin.admin_url,
+                owned=False, version=version,
+            )
+        if config.redis.enabled:
+            url = config.redis.url or config.environ.get("REDIS_URL")
+            if url:
+                redis = redis_endpoint(url, config.redis.db)
+                database.guard_redis(redis, "flush", allow_hosts=config.redis.allow_hosts, allow_unsafe=config.allow_unsafe)
+                wait_for(lambda: ping_redis(redis.host, redis.port, redis.password), service="redis",
+                         what=f"PING {redis.host}:{redis.port} answered with PONG", timeout=config.timeout)
+                session.resources["redis"] = {"host": redis.host, "port": redis.port, "db": redis.db,
+                                              "password": redis.password}
+                session.save()
+                running.redis = redis
+            else:
+                log.warning("redis: no redis.url (ENVKIT_REDIS_URL) or REDIS_URL given; running without Redis")
+        return running
+
+    def teardown(self, session: Session) -> None:
+        """Drop the databases envkit created (and their derived copies); flush the one Redis index it used."""
+        admin_url = session.resources.get("admin_url")
+        if admin_url:
+            for name in session.resources.get("created_databases", []):
+                try:
+                    admin = admin_endpoint(admin_url)
+                    database.drop_database(admin, name, created_by_envkit=True)
+                    database.drop_derived(admin, f"{name}_")
+                except Exception as exc:  # noqa: BLE001 - teardown goes on; the server may be gone with the CI job
+                    log.warning("postgres: could not drop database %s: %s", name, exc)
+        info = session.resources.get("redis")
+        if info:
+            try:
+                _flushdb(info)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("redis: could not flush db %s on %s:%s: %s", info["db"], info["host"], info["port"], exc)
+
+    def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
+        names = [service] if service else ["postgres", *(["redis"] if "redis" in session.resources else [])]
+        return {name: "(the external backend did not start this server and has no access to its log)" for name in names}
+
+
+def admin_endpoint(url: str) -> PostgresEndpoint:
+    """The server and role of a libpq or SQLAlchemy URL (``postgresql+psycopg://`` is accepted)."""
+    import psycopg  # the package first: lifecycle may be importing it in another thread
+
+    libpq = _strip_driver(url)
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(libpq)
+    except Exception as exc:  # noqa: BLE001 - psycopg's parse error names the problem
+        raise ConfigError(f"cannot parse the PostgreSQL URL for the external backend: {exc}") from None
+    host = str(parts.get("host") or "")
+    if not host or host.startswith("/") or "," in host:
+        raise ConfigError(
+            f"the external backend needs one TCP host in the PostgreSQL URL, found {host or 'none'!r}; "
+            "write it as postgresql://user:password@host:5432/postgres"
+        )
+    return PostgresEndpoint(
+        host=host, port=int(parts.get("port") or 5432), user=str(parts.get("user") or "postgres"),
+        password=str(parts.get("password") or ""), database=str(parts.get("dbname") or "postgres"),
+        admin_url=libpq, owned=False,
+    )
+
+
+def redis_endpoint(url: str, default_db: int) -> RedisEndpoint:
+    """The server of a ``redis://`` URL, and the index envkit may use: the URL's, else ``redis.db``."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ConfigError(f"the external backend supports redis:// URLs, found {parts.scheme}:// in {_redact(url)}")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ConfigError(f"the path of the Redis URL must be a database index, found {path!r}")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ConfigError(f"the Redis URL has an invalid port: {_redact(url)}") from None
+    return RedisEndpoint(host=parts.hostname or "127.0.0.1", port=port, db=int(path) if path else default_db,
+                         password=unquote(parts.password) if parts.password else None, owned=False)
+
+
+def _strip_driver(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.startswith(("postgresql+", "postgres+")):
+        return "postgresql://" + rest
+    return url
+
+
+def _wait_postgres(admin: PostgresEndpoint, timeout: float) -> str:
+    import psycopg
+
+    def check() -> str:
+        try:
+            with database.connect(admin.admin_url, connect_timeout=2) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
+        except psycopg.OperationalError as exc:
+            message = str(exc).strip()
+            if "authentication failed" in message or "does not exist" in message:
+                raise ServiceFailed(  # waiting will not fix credentials
+                    f"postgres at {admin.host}:{admin.port} refused the URL given to the external backend: "
+                    f"{message.splitlines()[-1]}. Fix postgres.url or DATABASE_URL", "postgres") from None
+            raise
+        return str(row[0]).split()[0] if row else "?"
+
+    return wait_for(check, service="postgres", what=f"connect to {admin.host}:{admin.port} as {admin.user} and ask its version",
+                    timeout=timeout)
+
+
+def _flushdb(info: dict[str, Any]) -> None:
+    import redis
+
+    client = redis.Redis(host=info["host"], port=info["port"], db=info["db"], password=info.get("password"),
+                         socket_timeout=5)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url

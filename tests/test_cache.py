@@ -1,0 +1,138 @@
+"""The migrated-and-seeded snapshot cache is correct before it is fast.
+
+A changed migration file or seed row reaches the next environment (the
+fingerprint covers them), ``--no-cache`` neither reads nor fills the cache,
+the size bound evicts the least recently used entry, and ``envkit cache
+clear`` empties it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import Project
+from projects import ALEMBIC_INI, ENV_PY, USERS_TABLE, alembic_project
+
+import envkit
+from envkit import cache
+
+pytestmark = pytest.mark.native
+
+SEED = '[seed]\nfile = "seed.toml"\ntable = "user"\ngenerate = { id = "uuid4" }\n'
+USERS = """
+[[users]]
+username = "ada"
+email = "{email}"
+password = "ada-password"
+role = "admin"
+"""
+
+
+def make(project: Project, widget: str = "CREATE TABLE widget (id int)", email: str = "ada@one.example") -> None:
+    alembic_project(project, [USERS_TABLE, widget], seed=SEED)
+    # Alembic runs in this process here, where filterwarnings = error turns its warning about a missing
+    # path_separator, and the ResourceWarning of a pooled connection env.py never closes, into errors
+    project.write("alembic.ini", ALEMBIC_INI.replace("prepend_sys_path = %(here)s", "prepend_sys_path = %(here)s\npath_separator = os"))
+    project.write("migrations/env.py", ENV_PY.replace("import create_engine", "import create_engine, pool")
+                  .replace("create_engine(url)", "create_engine(url, poolclass=pool.NullPool)"))
+    project.write("seed.toml", USERS.format(email=email))
+
+
+def bring_up(project: Project, **overrides: Any) -> dict[str, Any]:
+    """Up and down once; what the environment held, and whether it came from the snapshot."""
+    with envkit.environment(project.load(backend="native", **overrides)) as env:
+        assert env.running.postgres is not None
+        with psycopg.connect(env.running.postgres.libpq()) as conn:
+            columns = [r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'widget' ORDER BY ordinal_position")]
+            emails = [r[0] for r in conn.execute('SELECT email FROM "user" ORDER BY username')]
+        return {"restored": env.running.restored, "columns": columns, "emails": emails,
+                "users_file": [u["email"] for u in env.users()]}
+
+
+def snapshots(config: envkit.Config) -> list[str]:
+    return sorted(key for kind, key, _, _ in cache.entries(config) if kind == "snapshots")
+
+
+def test_changed_migration_and_seed_row_reach_the_next_environment(project: Project, tmp_path: Path) -> None:
+    own = {"cache_dir": str(tmp_path / "cache")}
+    make(project)
+    first = bring_up(project, **own)
+    assert not first["restored"] and first["columns"] == ["id"] and first["emails"] == ["ada@one.example"]
+    again = bring_up(project, **own)
+    assert again == {**first, "restored": True}, "an unchanged project must start from its snapshot"
+
+    make(project, widget="CREATE TABLE widget (id int, size int)")  # the same revision file, edited
+    changed = bring_up(project, **own)
+    assert not changed["restored"] and changed["columns"] == ["id", "size"] and changed["emails"] == ["ada@one.example"]
+
+    project.write("seed.toml", USERS.format(email="ada@two.example"))  # one seed row changed
+    reseeded = bring_up(project, **own)
+    assert not reseeded["restored"]
+    assert reseeded["emails"] == reseeded["users_file"] == ["ada@two.example"] and reseeded["columns"] == ["id", "size"]
+    cached = bring_up(project, **own)
+    assert cached == {**reseeded, "restored": True}, "the new content is what is cached now"
+    assert len(snapshots(project.load(**own))) == 3
+
+
+def test_no_cache_neither_reads_nor_fills_the_cache(project: Project, tmp_path: Path) -> None:
+    own = tmp_path / "cache"
+    make(project)
+    env = project.env(ENVKIT_CACHE_DIR=str(own))
+    cold = project.cli("up", "--backend", "native", "--no-cache", "-v", env=env, check=True)
+    try:
+        assert "from cache" not in cold.stderr and "(snapshot)" not in cold.stderr
+        exports = json.loads(project.cli("env", "--format", "json", env=env, check=True).stdout)
+        with psycopg.connect(exports["DATABASE_URL"].replace("+psycopg", "")) as conn:
+            assert conn.execute('SELECT email FROM "user"').fetchall() == [("ada@one.example",)]
+    finally:
+        project.cli("down", env=env, check=True)
+    assert not own.exists() or not any(own.rglob("*")), "--no-cache must not fill the cache"
+
+    assert not bring_up(project, cache_dir=str(own))["restored"]  # fills it
+    assert bring_up(project, cache_dir=str(own))["restored"]
+    entries = cache.entries(project.load(cache_dir=str(own)))
+    bypassed = project.cli("up", "--backend", "native", "--no-cache", "-v", env=env, check=True)
+    project.cli("down", env=env, check=True)
+    assert "from cache" not in bypassed.stderr and "(snapshot)" not in bypassed.stderr
+    assert cache.entries(project.load(cache_dir=str(own))) == entries, "--no-cache must not touch the cache either"
+
+
+def test_size_bound_evicts_the_least_recently_used_snapshot(project: Project, tmp_path: Path) -> None:
+    own = str(tmp_path / "cache")
+    make(project)
+    bring_up(project, cache_dir=own)
+    config = project.load(cache_dir=own)
+    sizes = {key: size for _, key, size, _ in cache.entries(config)}
+    (old,) = snapshots(config)
+    # room for the pristine cluster and one snapshot, not two
+    limit_mb = (sum(sizes.values()) + sizes[old] // 2) // (1024 * 1024) + 1
+
+    make(project, widget="CREATE TABLE widget (id int, size int)")
+    assert not bring_up(project, cache_dir=own, cache_max_mb=limit_mb)["restored"]
+    config = project.load(cache_dir=own, cache_max_mb=limit_mb)
+    kept = snapshots(config)
+    assert old not in kept and len(kept) == 1, f"the older snapshot should have been evicted, found {kept}"
+    assert any(kind == "clusters" for kind, *_ in cache.entries(config)), "the cluster was used last: it stays"
+    assert sum(size for *_, size, _ in cache.entries(config)) <= limit_mb * 1024 * 1024
+
+    make(project)  # the evicted content again: built anew, not restored
+    assert not bring_up(project, cache_dir=own, cache_max_mb=limit_mb)["restored"]
+
+
+def test_cache_clear_empties_it(project: Project, tmp_path: Path) -> None:
+    own = tmp_path / "cache"
+    make(project)
+    bring_up(project, cache_dir=str(own))
+    env = project.env(ENVKIT_CACHE_DIR=str(own))
+    listed = project.cli("cache", "list", env=env, check=True)
+    assert "snapshots" in listed.stdout and "clusters" in listed.stdout
+    cleared = project.cli("cache", "clear", env=env, check=True)
+    assert "cache cleared" in cleared.stderr
+    assert not own.exists() or not any(own.rglob("*"))
+    assert "snapshots" not in project.cli("cache", "list", env=env, check=True).stdout
+    assert not bring_up(project, cache_dir=str(own))["restored"]

@@ -1,0 +1,517 @@
+"""The docker backend against a real engine: compose up, health, teardown, isolation, reaping.
+
+Needs a Docker engine with Compose v2 and the images postgres:16-alpine and
+redis:7-alpine (``../shared/docker/provision.sh`` provides all three without a
+registry). Nothing here pulls an image. Every test is checked afterwards for
+containers, networks and volumes left with envkit's labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from conftest import REPO, Project, envkit_processes, need, wait_until
+
+import envkit
+from envkit.backends import docker_reachable, reaper
+from envkit.errors import EXIT_ENVKIT_ERROR
+from envkit.ports import free_port
+
+pytestmark = pytest.mark.docker
+
+NO_ENGINE = ("no Docker engine answers (DOCKER_HOST or /var/run/docker.sock): run ../shared/docker/provision.sh as root, "
+             "or start Docker and make postgres:16-alpine and redis:7-alpine available")
+PASSWORD = "pa$$w'o\"r#d: ${HOME} $"  # Compose interpolation, YAML quoting and comments, all at once
+BCRYPT_USER_PASSWORD = "s3cr$t:'#\""
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    need(docker_reachable(os.environ), NO_ENGINE)
+    import docker
+
+    cli = docker.from_env()
+    for image in ("postgres:16-alpine", "redis:7-alpine"):
+        try:
+            cli.images.get(image)
+        except docker.errors.ImageNotFound:
+            need(False, f"image {image} is missing (never pulled here): {NO_ENGINE}")
+    yield cli
+    cli.close()
+
+
+def ours(cli: Any, base: str) -> set[tuple[str, str]]:
+    """envkit-labelled resources created by this test session (their state dir lies under pytest's tmp dir)."""
+    found = set()
+    for kind, items in reaper.resources(cli).items():
+        for item in items:
+            labels = item.attrs.get("Labels") or {}
+            if labels.get(reaper.STATE, "").startswith(base):
+                found.add((kind, labels[reaper.SESSION], item.id))
+    return {(kind, f"{session}:{ident[:12]}") for kind, session, ident in found}
+
+
+@pytest.fixture(autouse=True)
+def no_docker_leaks(client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fail a test that leaves containers, networks or volumes with envkit's labels behind."""
+    base = str(tmp_path_factory.getbasetemp())
+    before = ours(client, base)
+    yield
+    if not wait_until(lambda: ours(client, base) <= before, timeout=20):
+        leaked = ours(client, base) - before
+        for session in {entry.split(":")[0] for _, entry in leaked}:
+            reaper.remove_session(client, session)  # so that one leak does not fail every later test
+        pytest.fail(f"test left Docker resources behind: {sorted(leaked)}")
+
+
+def docker_config(project: Project, body: str = "", **kw: str) -> Project:
+    project.configure('backend = "docker"\n' + textwrap.dedent(body), **kw)
+    return project
+
+
+def session_of(project: Project) -> dict[str, Any]:
+    return dict(json.loads((project.root / ".envkit" / "state.json").read_text()))
+
+
+def labelled(cli: Any, session_label: str) -> dict[str, list[Any]]:
+    return reaper.resources(cli, reaper.SESSION, session_label)
+
+
+def listeners(port: int) -> list[str]:
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[3] for line in out.splitlines() if line.split()[3].rsplit(":", 1)[1] == str(port)]
+
+
+def app_checks(tmp: Project) -> None:
+    tmp.write("tests/test_env.py", """
+        import os, bcrypt, json, psycopg, redis
+        def test_database():
+            with psycopg.connect(os.environ["DATABASE_URL"].replace("+psycopg", "")) as conn:
+                settings = conn.execute("select current_setting('fsync'), current_setting('synchronous_commit'), "
+                                        "current_setting('full_page_writes'), current_setting('TimeZone')").fetchone()
+                assert settings == ("off", "off", "off", "UTC")
+                name, hashed = conn.execute('select username, password_hash from "user"').fetchone()
+            users = json.load(open(os.environ["ENVKIT_USERS_FILE"]))
+            assert name == users[0]["username"] == "admin"
+            assert bcrypt.checkpw(users[0]["password"].encode(), hashed.encode())
+            assert os.environ["PGHOST"] == "127.0.0.1"
+        def test_redis():
+            client = redis.Redis.from_url(os.environ["REDIS_URL"])
+            assert client.ping() is True
+            assert client.config_get("save") == {"save": ""} and client.config_get("appendonly") == {"appendonly": "no"}
+    """)
+
+
+USERS_SQL = """
+CREATE TABLE "user" (id uuid PRIMARY KEY, username text UNIQUE NOT NULL, password_hash text NOT NULL, role text NOT NULL);
+"""
+
+
+def small_app(project: Project, extra: str = "") -> Project:
+    project.write("sql/001_users.sql", USERS_SQL)
+    app_checks(project)
+    return docker_config(project, f"""
+        {extra}
+        [migrations]
+        kind = "sql"
+        directory = "sql"
+        [seed]
+        table = "user"
+        generate = {{ id = "uuid4" }}
+        [[seed.users]]
+        username = "admin"
+        password = {json.dumps(BCRYPT_USER_PASSWORD)}
+        role = "admin"
+    """)
+
+
+# -- the whole cycle ---------------------------------------------------------------
+
+def test_envkit_test_full_cycle(project: Project, client: Any) -> None:
+    small_app(project)
+    project.write("envkit.toml", project.root.joinpath("envkit.toml").read_text().replace(
+        "[postgres]\n", f"[postgres]\npassword = {json.dumps(PASSWORD)}\n"))
+    result = project.cli("test", "--", "-q", "-p", "no:cacheprovider", "tests")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    for stage in ("start", "database", "migrate", "seed", "down"):
+        assert stage in result.stderr
+    assert not (project.root / ".envkit" / "state.json").exists()
+    rendered = (project.root / ".envkit" / "docker-compose.test.yml").read_text()
+    assert rendered.startswith("# generated by envkit, do not edit") and "$$" in rendered
+
+
+def test_demo_example(tmp_path: Path, shared_cache: Path, client: Any) -> None:
+    demo = Project(tmp_path / "demo", shared_cache)
+    shutil.copytree(REPO / "examples" / "demo", demo.root, ignore=shutil.ignore_patterns(".envkit", "__pycache__", ".env.test"))
+    env = demo.env(ENVKIT_POSTGRES_PORT="auto", ENVKIT_REDIS_PORT="auto")
+    result = demo.cli("test", "--backend", "docker", "--", "-q", "-p", "no:cacheprovider", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "12 passed" in result.stdout
+
+
+def test_up_status_logs_loopback_only_and_down(project: Project, client: Any) -> None:
+    docker_config(project)
+    project.cli("up", check=True)
+    session = session_of(project)
+    label = session["name"] + "-" + session["id"]
+    found = labelled(client, label)
+    assert len(found["containers"]) == 2 and len(found["networks"]) == 1 and not found["volumes"]
+    ps = subprocess.run(["docker", "ps", "--filter", f"label=envkit.session={label}", "--format", "{{.Names}}"],
+                        capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(name.rsplit("-", 2)[1] for name in ps) == ["postgres", "redis"]
+    for container in found["containers"]:
+        attrs = client.api.inspect_container(container.id)
+        labels = attrs["Config"]["Labels"]
+        assert labels[reaper.OWNER_PID] == str(session["owner_pid"]) and labels[reaper.OWNER_HOST] == socket.gethostname()
+        assert labels[reaper.PROJECT] == "proj" and labels[reaper.STATE] == str(project.root / ".envkit")
+        assert not [m for m in attrs["Mounts"] if m["Type"] == "volume"], "image VOLUMEs must be on tmpfs, not volumes"
+        assert attrs["HostConfig"]["Tmpfs"]
+    assert found["networks"][0].attrs["Labels"][reaper.SESSION] == label
+
+    exports = session["exports"]
+    for port in (int(exports["PGPORT"]), int(exports["REDIS_URL"].rsplit(":", 1)[1].split("/")[0])):
+        bound = listeners(port)
+        assert bound and all(addr == f"127.0.0.1:{port}" for addr in bound), f"port {port} bound on {bound}"
+    status = project.cli("status", check=True).stdout
+    assert "up (docker backend)" in status and exports["PGPASSWORD"] not in status
+    pg_logs = project.cli("logs", "postgres", check=True).stdout
+    assert "==> postgres <==" in pg_logs and "ready to accept connections" in pg_logs
+    assert "==> redis <==" in project.cli("logs", check=True).stdout
+    assert "torn down" in project.cli("down", check=True).stderr
+    assert not any(labelled(client, label).values())
+    assert "nothing is up" in project.cli("down", check=True).stderr
+
+
+def test_two_checkouts_in_parallel_and_one_killed(tmp_path: Path, shared_cache: Path, client: Any) -> None:
+    a, b = (docker_config(Project(tmp_path / name, shared_cache)) for name in ("a", "b"))
+    procs = [p.popen("up") for p in (a, b)]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        sa, sb = session_of(a), session_of(b)
+        assert sa["resources"]["compose"]["project"] != sb["resources"]["compose"]["project"]
+        assert {sa["exports"]["PGPORT"], sa["exports"]["REDIS_URL"]}.isdisjoint({sb["exports"]["PGPORT"], sb["exports"]["REDIS_URL"]})
+        for container in labelled(client, sa["name"] + "-" + sa["id"])["containers"]:
+            container.kill()
+        with psycopg.connect(sb["exports"]["DATABASE_URL"].replace("+psycopg", ""), connect_timeout=5) as conn:
+            assert conn.execute("select 1").fetchone() == (1,)
+        assert redis.Redis.from_url(sb["exports"]["REDIS_URL"]).ping()
+    finally:
+        for p in (a, b):
+            p.cli("down")
+
+
+def test_compose_project_name_in_env_and_dotenv_cannot_redirect(project: Project, client: Any) -> None:
+    docker_config(project)
+    project.write(".env", "COMPOSE_PROJECT_NAME=victim\nCOMPOSE_FILE=victim.yml\n")
+    decoy = client.containers.run("redis:7-alpine", ["sleep", "300"], detach=True, stop_signal="SIGKILL",
+                                  labels={"com.docker.compose.project": "victim", "com.docker.compose.service": "postgres",
+                                          "com.docker.compose.oneoff": "False"})
+    try:
+        env = project.env(COMPOSE_PROJECT_NAME="victim", COMPOSE_FILE="victim.yml")
+        up = project.cli("up", env=env)
+        assert up.returncode == 0, up.stderr
+        assert session_of(project)["resources"]["compose"]["project"].startswith("envkit-proj-")
+        project.cli("down", env=env, check=True)
+        project.cli("prune", env=env, check=True)
+        decoy.reload()
+        assert decoy.status == "running", "envkit touched a container of another compose project"
+    finally:
+        volumes = [m["Name"] for m in decoy.attrs["Mounts"] if m["Type"] == "volume"]
+        decoy.remove(force=True, v=True)  # v: the image declares a VOLUME
+        assert not [v for v in client.volumes.list() if v.name in volumes]
+
+
+KV = """
+image: redis:7-alpine
+command: ["redis-server", "--requirepass", {{ vars.password | q }}]
+"""
+
+
+def test_user_defined_services_with_each_probe(project: Project, client: Any) -> None:
+    project.write("templates/kv.yml.j2", KV)
+    secret = "kv$pass'#"
+    tables = "".join(f"""
+        [services.{name}]
+        template = "kv.yml.j2"
+        ports = [6379]
+        probe = {probe}
+        vars = {{ password = {json.dumps(secret)} }}
+        [services.{name}.exports]
+        {name.upper()}_URL = "redis://:{{{{ vars.password | urlencode }}}}@{{{{ host }}}}:{{{{ port }}}}/0"
+    """ for name, probe in (("kv", '"tcp"'), ("kvlog", '{ log = "Ready to accept connections" }'),
+                            ("kvcmd", "{ command = " + json.dumps(["redis-cli", "-a", secret, "ping"]) + " }")))
+    docker_config(project, 'templates = "templates"\n[postgres]\nenabled = false\n' + tables
+                  + '\n[env]\nKV_PORT = "{{ kv.port }}"\n')
+    with envkit.environment(project.load()) as env:
+        assert set(env.running.extra) == {"kv", "kvlog", "kvcmd"}
+        for name in ("kv", "kvlog", "kvcmd"):
+            url = env.exports[f"{name.upper()}_URL"]
+            assert redis.Redis.from_url(url).ping(), name
+        assert env.exports["KV_PORT"] == str(env.running.extra["kv"]["port"])
+        assert all(addr.startswith("127.0.0.1:") for addr in listeners(int(env.exports["KV_PORT"])))
+        assert len(labelled(client, env.session.label)["containers"]) == 4
+
+
+# -- failing fast, with diagnostics ---------------------------------------------------
+
+BOOM = """
+image: redis:7-alpine
+command: ["sh", "-c", "echo boom-on-stderr >&2; exit 3"]
+"""
+
+SICK = """
+image: redis:7-alpine
+command: ["redis-server"]
+healthcheck:
+  test: ["CMD-SHELL", "echo not-yet; exit 1"]
+  interval: 200ms
+  retries: {retries}
+  start_period: {start_period}
+"""
+
+
+@pytest.mark.parametrize("ports", ["[]", "[6379]"])  # an exited container has no published port to read back
+def test_service_that_exits_at_once_fails_fast_with_its_log(project: Project, client: Any, ports: str) -> None:
+    project.write("boom.yml.j2", BOOM)
+    docker_config(project, f'[services.boom]\ntemplate = "boom.yml.j2"\nports = {ports}\n')
+    t0 = time.monotonic()
+    result = project.cli("up", "--timeout", "30")
+    elapsed = time.monotonic() - t0
+    assert result.returncode == EXIT_ENVKIT_ERROR
+    assert elapsed < 15, f"took {elapsed:.1f} s: an exited container must fail the start at once, not at the timeout"
+    assert "boom exited with code 3" in result.stderr and "boom-on-stderr" in result.stderr
+    assert str(project.root / ".envkit" / "docker-compose.test.yml") in result.stderr
+    assert not (project.root / ".envkit" / "state.json").exists()
+
+
+@pytest.mark.parametrize(("retries", "start_period", "expect"), [
+    (2, "0s", "is unhealthy"),  # fails fast, when Docker gives up on it
+    (1000, "60s", "not ready within 4 s"),  # never decided: envkit's own timeout
+])
+def test_service_never_healthy_fails_within_the_timeout(project: Project, client: Any, retries: int, start_period: str,
+                                                         expect: str) -> None:
+    project.write("sick.yml.j2", SICK.format(retries=retries, start_period=start_period))
+    docker_config(project, '[services.sick]\ntemplate = "sick.yml.j2"\n[postgres]\nenabled = false\n')
+    t0 = time.monotonic()
+    result = project.cli("up", "--timeout", "4")
+    elapsed = time.monotonic() - t0
+    assert result.returncode == EXIT_ENVKIT_ERROR
+    assert elapsed < 4 + 8, f"took {elapsed:.1f} s"
+    assert expect in result.stderr, result.stderr
+    assert "health checks" in result.stderr and "not-yet" in result.stderr  # the health-check history
+    assert "log (last 30 lines)" in result.stderr and "ready to accept connections" in result.stderr.lower()  # its own log
+
+
+def test_taken_port_is_named(project: Project, client: Any) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        docker_config(project, f"[postgres]\nport = {port}\n")
+        result = project.cli("up")
+        assert result.returncode == EXIT_ENVKIT_ERROR
+        assert f"port {port}" in result.stderr and "in use" in result.stderr
+    finally:
+        holder.close()
+
+
+# -- no leaks ------------------------------------------------------------------------
+
+def test_twenty_up_down_cycles_leave_nothing(tmp_path: Path, shared_cache: Path, client: Any) -> None:
+    """4 checkouts x 5 cycles, in parallel: every container and network goes, and no volume is ever created."""
+    volumes_seen: set[str] = set()
+    sessions: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        p = Project(tmp_path / f"w{index}", shared_cache)
+        docker_config(p, 'watchdog = false\n[migrations]\nkind = "none"\n')
+        config = p.load()
+        try:
+            for _ in range(5):
+                with envkit.environment(config) as env:
+                    assert env.running.postgres and env.running.redis
+                    sessions.append(env.session.label)
+                    found = labelled(client, env.session.label)
+                    assert len(found["containers"]) == 2 and len(found["networks"]) == 1
+                    for container in found["containers"]:
+                        mounts = client.api.inspect_container(container.id)["Mounts"]
+                        volumes_seen.update(m["Name"] for m in mounts if m["Type"] == "volume")
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    if errors:
+        raise errors[0]
+    assert len(set(sessions)) == 20
+    assert not volumes_seen, f"anonymous volumes were created: {volumes_seen}"
+    assert not ours(client, str(tmp_path)), "containers or networks were left"
+    names = {v.name for v in client.volumes.list()}
+    assert not volumes_seen & names
+
+
+# -- crash safety -----------------------------------------------------------------------
+
+def _run_and_kill(project: Project) -> tuple[str, int]:
+    """Start `envkit run` with a long child, SIGKILL envkit once the child runs; returns (session label, child pid)."""
+    pid_file = project.root / "child.pid"
+    proc = project.popen("run", "--", sys.executable, "-c",
+                         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
+    assert wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=60), proc.communicate(timeout=5)
+    session = session_of(project)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()  # type: ignore[union-attr]  # the orphaned child still holds the pipes
+    proc.stderr.close()  # type: ignore[union-attr]
+    return session["name"] + "-" + session["id"], int(pid_file.read_text())
+
+
+def test_sigkill_is_reaped_by_the_watchdog(project: Project, client: Any) -> None:
+    docker_config(project)
+    procs_before = envkit_processes()
+    label, child = _run_and_kill(project)
+    try:
+        assert wait_until(lambda: not any(labelled(client, label).values()), timeout=30), "the watchdog did not tear down"
+        assert wait_until(lambda: not (project.root / ".envkit" / "state.json").exists(), timeout=10)
+        assert wait_until(lambda: not [c for _, c in envkit_processes() - procs_before if label in c], timeout=10), \
+            "the watchdog did not exit"
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def _compose_up_running(root: Path) -> bool:
+    """Whether envkit's `compose up` for the checkout at ``root`` is running."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                if b"ENVKIT_STARTED_BY=" not in fh.read():
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                argv = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if b"up" in argv and str(root).encode() in argv:
+            return True
+    return False
+
+
+def test_sigkill_during_compose_up_is_reaped_after_it_finishes(project: Project, client: Any) -> None:
+    """Killed while `compose up` still creates containers: the watchdog waits for it, then removes everything."""
+    docker_config(project)
+    proc = project.popen("up")
+    try:
+        assert wait_until(lambda: _compose_up_running(project.root), timeout=60), "compose up never ran"
+        label = session_of(project)["name"] + "-" + session_of(project)["id"]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(10)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert wait_until(lambda: not (project.root / ".envkit" / "state.json").exists(), timeout=60)
+    assert not any(labelled(client, label).values()), "containers created after the kill were left"
+
+
+def test_sigkill_without_watchdog_is_reaped_by_prune(tmp_path: Path, shared_cache: Path, client: Any) -> None:
+    killed = docker_config(Project(tmp_path / "killed", shared_cache), "watchdog = false")
+    kept = docker_config(Project(tmp_path / "kept", shared_cache))
+    kept.cli("up", check=True)  # detached: its owner exits, and it must survive a prune
+    label, child = _run_and_kill(killed)
+    assert labelled(client, label)["containers"], "a SIGKILLed envkit cannot have torn anything down"
+    here = {reaper.OWNER_HOST: socket.gethostname(), reaper.OWNER_PIDNS: reaper.pid_namespace(),
+            reaper.STATE: str(tmp_path / "nowhere")}
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    dead_pid = finished.pid
+    live = client.containers.create("redis:7-alpine", ["true"], labels={
+        **here, reaper.SESSION: "alive-0000", reaper.OWNER_PID: str(os.getpid())})
+    elsewhere = client.containers.create("redis:7-alpine", ["true"], labels={  # pids of another machine: unknowable
+        **here, reaper.SESSION: "elsewhere-0000", reaper.OWNER_PID: str(dead_pid), reaper.OWNER_HOST: "another-host"})
+    try:
+        os.kill(child, signal.SIGKILL)
+        time.sleep(1.5)
+        # Without a watchdog nothing reaps it by itself. (Any other envkit starting on this engine meanwhile,
+        # say a concurrent test run, may: that is the "next invocation" path, so only the state is certain here.)
+        dry = killed.cli("prune", "--dry-run", check=True)
+        assert label in dry.stderr and (killed.root / ".envkit" / "state.json").exists()
+        pruned = killed.cli("prune", "--json", check=True)
+        assert label in json.loads(pruned.stdout)["removed"]
+        assert not any(labelled(client, label).values())
+        assert not (killed.root / ".envkit" / "state.json").exists()
+        kept_session = session_of(kept)
+        assert labelled(client, kept_session["name"] + "-" + kept_session["id"])["containers"], "prune removed a detached env"
+        live.reload()  # its owner (this process) lives: untouched
+        elsewhere.reload()
+    finally:
+        live.remove(force=True, v=True)
+        elsewhere.remove(force=True, v=True)
+        kept.cli("down")
+
+
+# -- images and the committed file -------------------------------------------------------
+
+def test_postgres_18_data_layout_is_followed(project: Project, client: Any) -> None:
+    """An image laid out like PostgreSQL 18's (PGDATA under a VOLUME /var/lib/postgresql): no anonymous volume."""
+    import io
+
+    tag = "envkit-test/pg18-layout:latest"
+    dockerfile = b"FROM postgres:16-alpine\nENV PGDATA=/var/lib/postgresql/18/docker\nVOLUME /var/lib/postgresql\n"
+    client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, pull=False, rm=True)
+    try:
+        docker_config(project, f'[postgres]\nimage = "{tag}"\n[redis]\nenabled = false\n')
+        with envkit.environment(project.load()) as env:
+            assert env.running.postgres
+            with psycopg.connect(env.running.postgres.libpq()) as conn:
+                assert conn.execute("show data_directory").fetchone() == ("/var/lib/postgresql/18/docker",)
+            (container,) = labelled(client, env.session.label)["containers"]
+            attrs = client.api.inspect_container(container.id)
+            assert not [m for m in attrs["Mounts"] if m["Type"] == "volume"]
+            assert set(attrs["HostConfig"]["Tmpfs"]) == {"/var/lib/postgresql", "/var/lib/postgresql/data"}
+    finally:
+        client.images.remove(tag, force=True)
+
+
+def test_committed_file_runs_with_plain_compose(project: Project, client: Any) -> None:
+    pg_port, redis_port = free_port(), free_port()
+    name = f"plain{os.getpid()}"
+    project.write("envkit.toml", f'project = "{name}"\n[postgres]\nport = {pg_port}\npassword = {json.dumps(PASSWORD)}\n'
+                                 f"[redis]\nport = {redis_port}\n")
+    project.cli("render", check=True)
+    compose = ["docker", "compose", "-f", "compose/docker-compose.test.yml"]
+    env = project.env()
+    try:
+        up = subprocess.run([*compose, "up", "-d", "--wait"], cwd=project.root, env=env, capture_output=True, text=True,
+                            timeout=120)
+        assert up.returncode == 0, up.stderr
+        url = f"postgresql://envkit:{PASSWORD}@127.0.0.1:{pg_port}/{name}_test"
+        with psycopg.connect(host="127.0.0.1", port=pg_port, user="envkit", password=PASSWORD,
+                             dbname=f"{name}_test", connect_timeout=5) as conn:
+            assert conn.execute("select 1").fetchone() == (1,), url
+        assert redis.Redis(host="127.0.0.1", port=redis_port).ping()
+        assert all(addr.startswith("127.0.0.1:") for addr in listeners(pg_port) + listeners(redis_port))
+    finally:
+        subprocess.run([*compose, "down", "-v", "-t", "1"], cwd=project.root, env=env, capture_output=True, timeout=120)
+    left = client.containers.list(all=True, filters={"label": f"envkit.project={name}"})
+    assert not left

@@ -1,0 +1,92 @@
+"""The watchdog: a detached process that tears an environment down when its owner is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Project, envkit_processes, envkit_run_dirs, need, wait_until
+
+from envkit import state, watchdog
+
+
+def watchdogs(label: str) -> list[int]:
+    return [pid for pid, cmd in envkit_processes() if "watchdog.py" in cmd and label in cmd]
+
+
+@pytest.fixture
+def owner() -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def _watched(project: Project, owner_pid: int) -> state.Session:
+    project.configure()
+    config = project.load(backend="native")
+    session = state.begin(config, "native")
+    session.owner_pid = owner_pid
+    session.save()
+    watchdog.start(config, session)
+    assert wait_until(lambda: bool(watchdogs(session.label)), timeout=5)
+    return session
+
+
+def test_exits_when_the_session_ends_normally(project: Project, owner: subprocess.Popen[bytes]) -> None:
+    session = _watched(project, owner.pid)
+    session.remove()
+    assert wait_until(lambda: not watchdogs(session.label), timeout=5)
+    assert owner.poll() is None
+
+
+def test_exits_when_the_session_is_handed_over(project: Project, owner: subprocess.Popen[bytes]) -> None:
+    session = _watched(project, owner.pid)
+    session.detached = True
+    session.save()
+    owner.kill()
+    assert wait_until(lambda: not watchdogs(session.label), timeout=5)
+    assert session.file.exists(), "a detached environment belongs to `envkit down`, not to the watchdog"
+    session.remove()
+
+
+def test_tears_down_when_the_owner_dies(project: Project, owner: subprocess.Popen[bytes]) -> None:
+    session = _watched(project, owner.pid)
+    owner.kill()
+    assert wait_until(lambda: not session.file.exists(), timeout=10), "the watchdog did not tear the session down"
+    assert wait_until(lambda: not watchdogs(session.label), timeout=5)
+    assert "torn down" in (session.path / watchdog.LOG_FILE).read_text()
+
+
+@pytest.mark.native
+def test_sigkilled_native_run_is_reaped_without_another_command(project: Project) -> None:
+    from envkit.backends.binaries import find_postgres, find_redis
+    from envkit.errors import BinaryNotFound
+
+    try:
+        find_postgres(None, os.environ)
+        find_redis(None, os.environ)
+    except BinaryNotFound as exc:
+        need(False, f"native servers need PostgreSQL and Redis binaries: {exc}")
+    procs, dirs = envkit_processes(), envkit_run_dirs()
+    pid_file = project.root / "child.pid"
+    project.configure()
+    proc = project.popen("run", "--backend", "native", "--", sys.executable, "-c",
+                         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)")
+    assert wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=60)
+    run_dir = Path(state.load(project.load()).resources["run_dir"])  # type: ignore[union-attr]
+    assert run_dir.exists()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    try:
+        assert wait_until(lambda: not run_dir.exists(), timeout=20), "the watchdog did not stop the servers"
+        assert not (project.root / ".envkit" / "state.json").exists()
+        assert wait_until(lambda: envkit_processes() <= procs and envkit_run_dirs() <= dirs, timeout=10)
+    finally:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
