@@ -138,7 +138,7 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         pg = running.postgres
         env = exports.build(config, running, session)
         if pg:
-            stage("database", _provision_database, config, pg, session, stack, detail=pg.database)
+            stage("database", _provision_database, config, pg, session, stack, running.restored, detail=pg.database)
             stage("ready", _probe, pg, config.timeout, detail=f"{pg.user}@{pg.host}:{pg.port}/{pg.database}")
             if running.restored:
                 report("migrate", "done", 0.0, "from cache")
@@ -164,11 +164,12 @@ def _probe(pg: Any, timeout: float) -> bool:
                     timeout=timeout)
 
 
-def _provision_database(config: Config, pg: Any, session: Session, stack: ExitStack) -> None:
+def _provision_database(config: Config, pg: Any, session: Session, stack: ExitStack, restored: bool) -> None:
     if pg.owned:
         if pg.admin_url != pg.libpq():
-            database.ensure_role(pg)
-        database.create_database(pg, pg.database, owner=pg.user, exist_ok=True)
+            database.ensure_role(pg)  # a restored snapshot holds the role: this sets this environment's password
+        if not restored:  # ... and the database
+            database.create_database(pg, pg.database, owner=pg.user, exist_ok=True)
     else:
         database.create_database(pg, pg.database, exist_ok=False)
         session.resources.setdefault("created_databases", []).append(pg.database)
