@@ -72,8 +72,9 @@ def start(config: Config, session: Session) -> Callable[[], None]:
             proc.terminate()
             try:
                 proc.wait(timeout=5)
-            except Exception:  # noqa: BLE001 - it is reaped later in any case; teardown goes on
+            except Exception:  # noqa: BLE001 - a watchdog that will not stop is killed; teardown goes on
                 proc.kill()
+                proc.wait()
         _started.pop(proc.pid, None)
 
     return stop

@@ -75,6 +75,7 @@ class NativeBackend:
 
     def __init__(self) -> None:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._spawned: list[subprocess.Popen[bytes]] = []
         self._argv: dict[str, list[str]] = {}
 
     # -- start -------------------------------------------------------------
@@ -194,6 +195,7 @@ class NativeBackend:
         run_dir = Path(session.resources["run_dir"])
         proc = spawn(argv, log_path=run_dir / f"{service}.log", env=_server_env(session), cwd=run_dir, run_as=run_as)
         self._procs[service] = proc
+        self._spawned.append(proc)  # replaced ones too (a restart, a port retry): all are reaped at teardown
         self._argv[service] = argv
         session.resources["processes"][service] = {"pid": proc.pid, "pgid": proc.pid}
         session.save()
@@ -255,7 +257,7 @@ class NativeBackend:
             if _ours(info["pid"], session.label, run_dir) or info["pid"] in {p.pid for p in self._procs.values()}:
                 # SIGQUIT: Postgres' immediate shutdown skips the shutdown checkpoint of data about to be deleted
                 targets.append((info["pgid"], signal.SIGQUIT if service == "postgres" else signal.SIGTERM))
-        stop_groups(targets, _GRACE, list(self._procs.values()))
+        stop_groups(targets, _GRACE, self._spawned)
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
 
