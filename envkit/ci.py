@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from .diagnostics import services_table
 from .errors import ConfigError
 from .exports import github_env, secrets_of
 
@@ -126,11 +127,7 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
         where = ", ".join(f"{k} `{error[k]}`" for k in ("stage", "service") if error.get(k))
         lines += [f"**Failed**{' at ' + where if where else ''}:", "", "```text", str(error["message"]).strip(), "```", ""]
     if report.get("services"):
-        lines += ["| service | version | address | status |", "|---|---|---|---|"]
-        for s in report["services"]:
-            address = f"{s.get('host') or '?'}:{s['port']}" if s.get("port") else "-"
-            lines.append(f"| {s['name']} | {s.get('version') or '-'} | `{address}` | {s.get('status', '')} |")
-        lines.append("")
+        lines += services_table(report["services"])
     if report.get("stages"):
         lines += ["| stage | result | seconds | detail |", "|---|---|---:|---|"]
         for s in report["stages"]:

@@ -193,11 +193,7 @@ def readme(summary: Mapping[str, Any]) -> str:
         lines += ["**Result: ok**", ""]
     lines += [f"Backend: {summary['backend']}. envkit {summary['envkit']}, Python {summary['python']}, {summary['platform']}.", ""]
     if summary.get("services"):
-        lines += ["| service | version | address | status |", "|---|---|---|---|"]
-        for s in summary["services"]:
-            address = f"{s.get('host') or '?'}:{s.get('port')}" if s.get("port") else "-"
-            lines.append(f"| {s['name']} | {s.get('version') or '-'} | {address} | {s.get('status', '')} |")
-        lines.append("")
+        lines += services_table(summary["services"])
     if summary.get("stages"):
         lines += ["| stage | result | seconds |", "|---|---|---:|"]
         lines += [f"| {s['stage']} | {s['status']} | {s['seconds']:.3f} |" for s in summary["stages"]]
@@ -302,3 +298,12 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def services_table(services: list[dict[str, Any]]) -> list[str]:
+    """A Markdown table of services (name, version, address, status), for summaries; ends with a blank line."""
+    lines = ["| service | version | address | status |", "|---|---|---|---|"]
+    for s in services:
+        address = f"`{s.get('host') or '?'}:{s['port']}`" if s.get("port") else "-"
+        lines.append(f"| {s['name']} | {s.get('version') or '-'} | {address} | {s.get('status', '')} |")
+    return [*lines, ""]
