@@ -156,6 +156,16 @@ def stop_groups(
         _reap(procs)
         pending = [g for g in pending if _group_alive(g)]
         time.sleep(0.005)
+    # A multi-threaded server (Redis) shows its main thread as a zombie while other threads still exit, so
+    # the group looks gone before waitpid() can collect it: wait for each signalled child of ours.
+    signalled = {pgid for pgid, _ in targets}
+    for proc in procs or ():
+        if proc.returncode is None and proc.pid in signalled:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     _reap(procs)
 
 
