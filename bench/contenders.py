@@ -40,7 +40,7 @@ class Bench:
     paths: dict[str, Path] = field(default_factory=dict)
 
     # -- projects and caches, made once -------------------------------------------------------
-    def prepare(self, say: Any) -> None:
+    def prepare(self, say: Any, docker: bool = False) -> None:
         w = self.workdir
         self.paths["warm_cache"] = w / "cache-warm"
         self.paths["bare"] = projects.bare(w / "bare", self.paths["warm_cache"])
@@ -53,6 +53,9 @@ class Bench:
         say("bench: filling the warm cache (a pristine cluster and the demo's migrated, seeded snapshot)")
         for root, users in ((self.paths["bare"], 0), (self.paths["demo"], self.users), (self.paths["demo4"], 4)):
             self.envkit(root, cache=self.paths["warm_cache"], expect_users=users)
+        if docker:  # the docker backend's snapshot of the demo, on the image it runs
+            say("bench: filling the warm cache's docker snapshot of the demo")
+            self.envkit(self.paths["demo"], cache=self.paths["warm_cache"], backend="docker", expect_users=self.users)
         self._floor = floor_mod.Floor(w, self.pg_bindir, self.redis_server, self.user)
 
     def cluster_only_cache(self) -> Path:

@@ -31,7 +31,8 @@ from harness import (
 )
 
 Say = Callable[[str], None]
-QUICK_SKIP = {"envkit-cli-seeded", "envkit-cold-bare", "testcontainers-seeded", "compose-seeded", "envkit-docker-bare"}
+QUICK_SKIP = {"envkit-cli-seeded", "envkit-cold-bare", "testcontainers-seeded", "compose-seeded", "envkit-docker-bare",
+              "envkit-docker-miss-seeded"}
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Any) -> str:
@@ -97,6 +98,9 @@ def ready(b: Bench, runs: int, quick: bool, docker: tuple[bool, str], envkit_doc
                       "bare"),
             Contender("envkit-docker-seeded", "envkit docker, cache warm",
                       lambda r: b.envkit(demo, cache=b.paths["warm_cache"], backend="docker", expect_users=users), "seeded"),
+            Contender("envkit-docker-miss-seeded", "envkit docker, snapshot miss",
+                      lambda r: b.envkit_throwaway_cache(demo, b.cluster_only_cache(), backend="docker",
+                                                         expect_users=users), "seeded"),
         ]
     elif docker[0]:
         notes.append(f"envkit docker rows skipped: {envkit_docker[1]}.")
@@ -111,7 +115,8 @@ def ready(b: Bench, runs: int, quick: bool, docker: tuple[bool, str], envkit_doc
             if s.group == group and key != ref:
                 ratios.append(pair_ratios(s, series[ref]))
     for a, ref in (("pgpg-tuned-bare", "envkit-warm-seeded"), ("pgpg-shipped-bare", "envkit-warm-seeded"),
-                   ("envkit-docker-seeded", "testcontainers-bare"), ("envkit-warm-seeded", "floor")):
+                   ("envkit-docker-seeded", "testcontainers-bare"), ("envkit-docker-seeded", "compose-bare"),
+                   ("envkit-warm-seeded", "floor")):
         if a in series and ref in series:
             ratios.append(pair_ratios(series[a], series[ref]))
     return _figure(series, ratios, notes, users=users)

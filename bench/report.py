@@ -15,7 +15,8 @@ READY_ROWS = [
     ("envkit native, snapshot miss (migrations changed; cluster warm)", None, "envkit-miss-seeded"),
     ("envkit native, empty cache (first run ever)", "envkit-cold-bare", "envkit-cold-seeded"),
     ("envkit native, `--no-cache`", None, "envkit-nocache-seeded"),
-    ("envkit docker", "envkit-docker-bare", "envkit-docker-seeded"),
+    ("envkit docker (seeded: snapshot warm)", "envkit-docker-bare", "envkit-docker-seeded"),
+    ("envkit docker, snapshot miss (first run on this image and project)", None, "envkit-docker-miss-seeded"),
     ("pytest-postgresql + pytest-redis `*_proc`, tuned (tmpfs, fsync off)", "pgpg-tuned-bare", "pgpg-tuned-seeded"),
     ("pytest-postgresql + pytest-redis `*_proc`, as shipped", "pgpg-shipped-bare", "pgpg-shipped-seeded"),
     ("testcontainers-python (Ryuk off)", "testcontainers-bare", "testcontainers-seeded"),
@@ -84,6 +85,8 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         add("native, cold (empty cache), migrated + seeded: under 1.5 s", _med(f, "envkit-cold-seeded"), lambda v: v < 1.5)
         add("docker, migrated + seeded: at most 0.7x testcontainers bare", _ratio(f, "envkit-docker-seeded", "testcontainers-bare"),
             lambda v: v <= 0.7, "{:.2f}x")
+        add("docker, migrated + seeded: at most 0.5x `docker compose up --wait` bare (issue 3)",
+            _ratio(f, "envkit-docker-seeded", "compose-bare"), lambda v: v <= 0.5, "{:.2f}x")
         add("teardown native under 0.3 s", _med(f, "envkit-warm-seeded", "teardown"), lambda v: v < 0.3)
         add("teardown docker under 1.5 s", _med(f, "envkit-docker-seeded", "teardown"), lambda v: v < 1.5)
     if "isolation" in figs:

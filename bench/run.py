@@ -76,7 +76,7 @@ def main() -> int:
         f"work dir {workdir}")
     bench = Bench(workdir, user, anchor_python, pg.bindir, str(redis.path))
     try:
-        bench.prepare(say)
+        bench.prepare(say, docker=docker[0] and envkit_docker[0] and "ready" in only)
         for name in only:
             t0 = time.monotonic()
             if name == "ready":

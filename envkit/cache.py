@@ -11,9 +11,10 @@ import hashlib
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Config
@@ -47,16 +48,24 @@ def copy_tree(src: Path, dst: Path) -> None:
     run(["cp", "-a", "--", str(src), str(dst)])
 
 
-def store(config: Config, kind: str, key: str, src: Path, extra: Iterable[Path] = ()) -> Path:
-    """Copy ``src`` (and ``extra`` files beside it) into the cache under ``key``."""
+def store(config: Config, kind: str, key: str, src: Path | None = None, extra: Iterable[Path] = (),
+          fill: Callable[[Path], None] | None = None) -> Path:
+    """Copy ``src`` (and ``extra`` files beside it) into the cache under ``key``; or let ``fill(folder)`` write it."""
     final = root(config) / kind / key
     final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = final.with_name(f".{key}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # unique per call, not per process: two threads storing the same key must not write into one folder
+    tmp = final.with_name(f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     tmp.mkdir(mode=0o700)
-    copy_tree(src, tmp / src.name)
-    for file in extra:
-        shutil.copy2(file, tmp / file.name)
+    try:
+        if src is not None:
+            copy_tree(src, tmp / src.name)
+        for file in extra:
+            shutil.copy2(file, tmp / file.name)
+        if fill is not None:
+            fill(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     # the entry's size is recorded once here, so eviction does not walk every entry's ~1,300 files on each store
     (tmp / ".complete").write_text(f"{time.time()} {_size(tmp)}\n")
     try:
@@ -68,10 +77,13 @@ def store(config: Config, kind: str, key: str, src: Path, extra: Iterable[Path] 
 
 
 def clear(config: Config) -> int:
-    """Remove every cache entry; returns the bytes freed."""
+    """Remove every cache entry, and their spare copies on tmpfs; returns the bytes freed."""
+    from . import spares
+
     path = root(config)
     size = _size(path)
     shutil.rmtree(path, ignore_errors=True)
+    spares.clear(path)
     return size
 
 
@@ -95,6 +107,7 @@ def entries(config: Config) -> list[tuple[str, str, int, float]]:
 
 
 def _evict(config: Config) -> None:
+    _abandoned(root(config))
     limit = config.cache_max_mb * 1024 * 1024
     items = sorted(entries(config), key=lambda e: e[3])
     total = sum(e[2] for e in items)
@@ -103,6 +116,17 @@ def _evict(config: Config) -> None:
         log.info("cache: evicting %s/%s (%d MB) to stay under %d MB", kind, key, size >> 20, config.cache_max_mb)
         shutil.rmtree(root(config) / kind / key, ignore_errors=True)
         total -= size
+
+
+def _abandoned(base: Path, age: float = 3600.0) -> None:
+    """Remove entries a killed process left half-written (``.<key>.<pid>.<token>.tmp``) over an hour ago."""
+    now = time.time()
+    for tmp in base.glob("*/.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > age:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _size(path: Path) -> int:

@@ -101,6 +101,7 @@ class Config:
     cache: bool = True
     cache_dir: str | None = None
     cache_max_mb: int = 1024
+    cache_spare: bool = True  # native: keep a copy of the cached cluster on tmpfs for the next start (envkit.spares)
     keep: bool = False
     keep_on_failure: bool = False
     allow_unsafe: bool = False  # let the guard pass databases that do not look disposable (logged)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, state
+from . import cache, diagnostics, exports, progress, state
 from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
@@ -39,12 +39,15 @@ from .watchdog import start as start_watchdog
 log = logging.getLogger("envkit")
 T = TypeVar("T")
 
-#: Called as reporter(stage, status, seconds, detail); status is "start", "done" or "failed".
+#: Called as reporter(stage, status, seconds, detail); status is "start", "done" or "failed", or "progress"
+#: while a stage runs (detail: "service: what it is doing", from :mod:`envkit.progress`).
 Reporter = Callable[[str, str, float, str], None]
 
 
 def _log_reporter(stage: str, status: str, seconds: float, detail: str) -> None:
-    if status != "start":
+    if status == "progress":
+        log.debug("%-9s %s", stage, detail)
+    elif status != "start":
         log.info("%-9s %-6s %6.3f s  %s", stage, status, seconds, detail)
 
 
@@ -109,7 +112,9 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         report(name, "start", 0.0, "")
         t0 = time.perf_counter()
         try:
-            result = fn(*args)
+            with progress.listening(lambda service, what: report(name, "progress", time.perf_counter() - t0,
+                                                                 f"{service}: {what}")):
+                result = fn(*args)
         except EnvkitError as exc:
             exc.stage = exc.stage or name
             timings[name] = time.perf_counter() - t0
@@ -182,10 +187,12 @@ def _provision_database(config: Config, pg: Any, session: Session, stack: ExitSt
 def _snapshot_key(config: Config, backend: str) -> str | None:
     if not config.cache or not config.postgres.enabled:
         return None
-    if kind_of(config) in ("none", "command") and not (config.seed.file or config.seed.users or config.seed.sql or config.seed.hook):
-        return None
     if kind_of(config) == "command":
         return None  # an arbitrary command's effect cannot be fingerprinted
+    seeds = config.seed.file or config.seed.users or config.seed.sql or config.seed.hook
+    if kind_of(config) == "none" and not seeds and backend != "docker":
+        return None  # nothing to migrate or seed: the native pristine-cluster cache is the snapshot; a container
+        # image initialises its cluster on every first start, so docker keeps even an empty one
     return cache.fingerprint(config, backend)
 
 

@@ -24,10 +24,21 @@ class StageReporter:
         self._live: Any = None
         self._tty = self.stream.isatty() and not quiet and not as_json
         self._t0 = time.perf_counter()
+        self._services: dict[str, str] = {}  # service -> what it is doing, while a stage runs
 
     def __call__(self, stage: str, status: str, seconds: float, detail: str) -> None:
         if status == "start":
+            self._services = {}
             self._spin(stage)
+            return
+        if status == "progress":
+            service, _, what = detail.partition(": ")
+            self._services[service] = what
+            if self._live is not None:
+                from rich.spinner import Spinner
+
+                states = "  ".join(f"{name}: {doing}" for name, doing in self._services.items())
+                self._live.update(Spinner("dots", text=f"{stage}… {seconds:.1f} s  {states}"))
             return
         self._stop_spin()
         self.stages.append({"stage": stage, "status": status, "seconds": round(seconds, 4), "detail": detail})

@@ -16,7 +16,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,21 +67,14 @@ def run(
     run_as: RunAs | None = None,
     timeout: float | None = None,
     check: bool = True,
+    stdin: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to completion, capturing its output."""
+    """Run a command to completion, capturing its output; ``stdin``: a file fed to it."""
     argv = [str(a) for a in argv]
     log.debug("run: %s", " ".join(argv))
     try:
-        result = subprocess.run(  # type: ignore[call-overload]
-            argv,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-            **(run_as.popen_kwargs() if run_as else {}),
-        )
+        with open(stdin, "rb") if stdin else nullcontext() as feed:
+            result = _run(argv, env, cwd, run_as, timeout, feed)
     except FileNotFoundError:
         raise BinaryNotFound(f"cannot run {argv[0]!r}: not found; install it or put it on PATH") from None
     except subprocess.TimeoutExpired as exc:
@@ -89,6 +83,45 @@ def run(
     if check and result.returncode != 0:
         raise CommandFailed(argv, result.returncode, result.stdout)
     return result
+
+
+def _run(argv: list[str], env: Mapping[str, str] | None, cwd: Path | str | None, run_as: RunAs | None,
+         timeout: float | None, feed: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # type: ignore[call-overload, no-any-return]
+        argv, env=dict(env) if env is not None else None, cwd=cwd, stdin=feed, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, timeout=timeout, **(run_as.popen_kwargs() if run_as else {}),
+    )
+
+
+@contextmanager
+def reading(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 600) -> Iterator[object]:
+    """Run a command and read its binary output as a stream (``with reading(argv) as out: out.read()``).
+
+    Raises :class:`CommandFailed` with its stderr when it exits non-zero; it is
+    killed when the block is left early.
+    """
+    argv = [str(a) for a in argv]
+    log.debug("run: %s", " ".join(argv))
+    try:
+        proc = subprocess.Popen(argv, env=dict(env) if env is not None else None, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise BinaryNotFound(f"cannot run {argv[0]!r}: not found; install it or put it on PATH") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        yield proc.stdout
+        proc.stdout.read()  # whatever the reader left
+        code = proc.wait(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        errors = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+    if code != 0:
+        raise CommandFailed(argv, code, errors)
 
 
 def spawn(

@@ -30,6 +30,10 @@ PG_CONTAINER_PORT = 5432
 REDIS_CONTAINER_PORT = 6379
 #: Where the official image keeps its data before PostgreSQL 18 (and the stand-ins do).
 PGDATA = "/var/lib/postgresql/data"
+#: initdb options of envkit's postgres containers (POSTGRES_INITDB_ARGS); 1 MB WAL segments (PostgreSQL 11+)
+#: instead of 16 make a snapshot, and so every restore, about 30 MB smaller.
+INITDB_ARGS = "--no-sync -E UTF8 --locale=C"
+WAL_SEGSIZE = "--wal-segsize=1"
 STATIC_PASSWORD = "envkit"  # the committed file's password when postgres.password is unset (loopback only)
 
 
@@ -54,15 +58,20 @@ class Plan:
     health: Health = field(default_factory=Health)
     name: str | None = None  # top-level compose project name (the committed file only)
     image_volumes: Callable[[str], list[str]] | None = None  # an image's declared VOLUMEs (when an engine is at hand)
+    entrypoints: dict[str, list[str]] = field(default_factory=dict)  # service -> entrypoint override (snapshot restore)
     header: str = HEADER
+
+
+def builtin_templates() -> Path:
+    """envkit's own templates: ``envkit/templates`` in the wheel, ``templates/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    return here / "templates" if (here / "templates").is_dir() else here.parent / "templates"
 
 
 def template_dirs(config: Config) -> list[Path]:
     """Where templates are looked up, in order: the user's folder, envkit's own, the project root."""
-    here = Path(__file__).resolve().parent
-    builtin = here / "templates" if (here / "templates").is_dir() else here.parent / "templates"
     dirs = [config.path(config.templates)] if config.templates else []
-    return [*dirs, builtin, config.root]
+    return [*dirs, builtin_templates(), config.root]
 
 
 def escape(value: Any) -> str:
@@ -107,12 +116,27 @@ def postgres_tmpfs(image: str, pgdata: str | None = None, volumes: list[str] | N
     ``/var/lib/postgresql/18/docker``, under a ``VOLUME /var/lib/postgresql``, in 18).
     """
     if pgdata is None and volumes is None:
-        tag = image.rsplit("/", 1)[-1].partition(":")[2]
-        major = re.match(r"\d+", tag)
-        if (major is None and tag in ("", "latest", "alpine", "bookworm", "trixie")) or (major and int(major.group()) >= 18):
+        major = image_major(image)
+        if (major is None and _tag(image) in ("", "latest", "alpine", "bookworm", "trixie")) or (major or 0) >= 18:
             return ["/var/lib/postgresql"]
         return [PGDATA]
     return tmpfs_paths(volumes or [], pgdata or PGDATA)
+
+
+def _tag(image: str) -> str:
+    return image.rsplit("/", 1)[-1].partition(":")[2]
+
+
+def image_major(image: str) -> int | None:
+    """The PostgreSQL major version an image's tag names (``16-alpine``: 16), or None."""
+    major = re.match(r"\d+", _tag(image))
+    return int(major.group()) if major else None
+
+
+def initdb_args(image: str) -> str:
+    """POSTGRES_INITDB_ARGS for an image: 1 MB WAL segments unless its tag names a server older than 11."""
+    major = image_major(image)
+    return INITDB_ARGS if major is not None and major < 11 else f"{INITDB_ARGS} {WAL_SEGSIZE}"
 
 
 def static_plan(config: Config) -> Plan:
@@ -187,9 +211,10 @@ def _postgres(env: Any, config: Config, plan: Plan) -> str:
     settings = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off", **config.postgres.settings}
     command = ["postgres"] + [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
     pg = {"user": config.postgres.user, "password": plan.password, "database": config.database,
-          "initdb_args": "--no-sync -E UTF8 --locale=C", "shm_size": "256m"}
+          "initdb_args": initdb_args(config.postgres.image), "shm_size": "256m"}
     return str(env.get_template("services/postgres.yml.j2").render(
-        image=config.postgres.image, command=command, pg=pg, **_common(plan, "postgres", PG_CONTAINER_PORT)))
+        image=config.postgres.image, command=command, pg=pg, entrypoint=plan.entrypoints.get("postgres"),
+        **_common(plan, "postgres", PG_CONTAINER_PORT)))
 
 
 def _redis(env: Any, config: Config, plan: Plan) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -166,6 +167,19 @@ class Project:
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen([*ENVKIT, *args], cwd=self.root, env=env or self.env(), text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_spares_after_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Spares (envkit.spares) are a cache kept on tmpfs on purpose; this session's caches take theirs along."""
+    yield
+    base = str(tmp_path_factory.getbasetemp())
+    for marker in (tmpfs_root() / ".envkit-spares").glob("*/.root"):
+        try:
+            if marker.read_text().startswith(base):
+                shutil.rmtree(marker.parent, ignore_errors=True)
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ clear`` empties it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ from conftest import Project
 from projects import ALEMBIC_INI, ENV_PY, USERS_TABLE, alembic_project
 
 import envkit
-from envkit import cache
+from envkit import cache, spares
+from envkit.proc import RunAs
 
 pytestmark = pytest.mark.native
 
@@ -51,7 +54,7 @@ def bring_up(project: Project, **overrides: Any) -> dict[str, Any]:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'widget' ORDER BY ordinal_position")]
             emails = [r[0] for r in conn.execute('SELECT email FROM "user" ORDER BY username')]
         return {"restored": env.running.restored, "columns": columns, "emails": emails,
-                "users_file": [u["email"] for u in env.users()]}
+                "users_file": [u["email"] for u in env.users()], "spare": env.session.info.get("from_spare", False)}
 
 
 def snapshots(config: envkit.Config) -> list[str]:
@@ -64,7 +67,7 @@ def test_changed_migration_and_seed_row_reach_the_next_environment(project: Proj
     first = bring_up(project, **own)
     assert not first["restored"] and first["columns"] == ["id"] and first["emails"] == ["ada@one.example"]
     again = bring_up(project, **own)
-    assert again == {**first, "restored": True}, "an unchanged project must start from its snapshot"
+    assert again == {**first, "restored": True, "spare": True}, "an unchanged project must start from its snapshot"
 
     make(project, widget="CREATE TABLE widget (id int, size int)")  # the same revision file, edited
     changed = bring_up(project, **own)
@@ -75,7 +78,7 @@ def test_changed_migration_and_seed_row_reach_the_next_environment(project: Proj
     assert not reseeded["restored"]
     assert reseeded["emails"] == reseeded["users_file"] == ["ada@two.example"] and reseeded["columns"] == ["id", "size"]
     cached = bring_up(project, **own)
-    assert cached == {**reseeded, "restored": True}, "the new content is what is cached now"
+    assert cached == {**reseeded, "restored": True, "spare": True}, "the new content is what is cached now"
     assert len(snapshots(project.load(**own))) == 3
 
 
@@ -95,6 +98,7 @@ def test_no_cache_neither_reads_nor_fills_the_cache(project: Project, tmp_path: 
 
     assert not bring_up(project, cache_dir=str(own))["restored"]  # fills it
     assert bring_up(project, cache_dir=str(own))["restored"]
+    spares.clear(own)  # kept at `down` of the run before: not the cache, but must not stay on after a --no-cache run
     entries = cache.entries(project.load(cache_dir=str(own)))
     bypassed = project.cli("up", "--backend", "native", "--no-cache", "-v", env=env, check=True)
     project.cli("down", env=env, check=True)
@@ -136,3 +140,83 @@ def test_cache_clear_empties_it(project: Project, tmp_path: Path) -> None:
     assert not own.exists() or not any(own.rglob("*"))
     assert "snapshots" not in project.cli("cache", "list", env=env, check=True).stdout
     assert not bring_up(project, cache_dir=str(own))["restored"]
+
+
+# -- spares: the next start's copy, made at `down` -------------------------------------------------
+
+def spare_names(cache_dir: Path) -> list[str]:
+    home = spares.folder(cache_dir)
+    return sorted(p.name for p in home.iterdir() if p.is_dir()) if home.is_dir() else []
+
+
+def test_a_spare_is_kept_at_down_renamed_into_place_and_cleared(project: Project, tmp_path: Path) -> None:
+    own = tmp_path / "cache"
+    make(project)
+    first = bring_up(project, cache_dir=str(own))  # saves the snapshot: its spare is made at down
+    (entry,) = [own / "snapshots" / key for key in snapshots(project.load(cache_dir=str(own)))]
+    assert not first["spare"] and spare_names(own) == [spares.name(entry)]
+    data = spares.folder(own) / spares.name(entry) / "pgdata"
+    run_as = RunAs.for_servers()
+    if run_as:  # ready for a server that runs as nobody: no chown on the way in
+        assert data.stat().st_uid == run_as.uid and (data / "PG_VERSION").stat().st_uid == run_as.uid
+
+    with envkit.environment(project.load(backend="native", cache_dir=str(own))) as env:
+        assert env.running.restored and env.session.info["from_spare"]
+        assert spare_names(own) == [], "claimed by this run"
+    assert spare_names(own) == [spares.name(entry)], "made again at down"
+    assert bring_up(project, cache_dir=str(own)) == {**first, "restored": True, "spare": True}
+
+    assert not bring_up(project, cache_dir=str(own), cache_spare=False)["spare"]
+    project.cli("cache", "clear", env=project.env(ENVKIT_CACHE_DIR=str(own)), check=True)
+    assert not spares.folder(own).exists()
+
+
+def test_cache_spare_false_keeps_none(project: Project, tmp_path: Path) -> None:
+    own = tmp_path / "cache"
+    make(project)
+    for _ in range(2):
+        assert not bring_up(project, cache_dir=str(own), cache_spare=False)["spare"]
+    assert spare_names(own) == []
+
+
+def fake_entry(cache_dir: Path, key: str, stamp: str = "1 10") -> Path:
+    entry = cache_dir / "snapshots" / key
+    (entry / "pgdata" / "base").mkdir(parents=True)
+    (entry / "pgdata" / "PG_VERSION").write_text("15\n")
+    (entry / ".complete").write_text(stamp)
+    return entry
+
+
+def test_spare_claims_are_exclusive_and_stale_ones_unused(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    entry = fake_entry(cache_dir, "k1")
+    copy = lambda src, dst: shutil.copytree(src, dst)  # noqa: E731
+    runs = spares.tmpfs_root() / f"spare-test-{os.getpid()}"  # run directories live on the same tmpfs as spares
+    runs.mkdir()
+    try:
+        assert spares.make(cache_dir, entry, copy) is not None
+        assert spares.make(cache_dir, entry, copy) is None, "one spare per entry"
+        first, second = runs / "a", runs / "b"
+        assert spares.take(cache_dir, entry, first) and (first / "PG_VERSION").exists()
+        assert not spares.take(cache_dir, entry, second) and not second.exists()
+
+        spares.make(cache_dir, entry, copy)
+        (entry / ".complete").write_text("2 10")  # the entry was stored again: the spare is of the old one
+        assert not spares.take(cache_dir, entry, runs / "c")
+    finally:
+        spares.clear(cache_dir)
+        shutil.rmtree(runs)
+
+
+def test_spares_are_bounded_and_vanished_caches_lose_theirs(tmp_path: Path) -> None:
+    copy = lambda src, dst: shutil.copytree(src, dst)  # noqa: E731
+    gone, kept = tmp_path / "gone", tmp_path / "kept"
+    try:
+        spares.make(gone, fake_entry(gone, "old"), copy)
+        shutil.rmtree(gone)
+        for index in range(spares.MAX_SPARES + 2):
+            spares.make(kept, fake_entry(kept, f"k{index}"), copy)
+        assert not spares.folder(gone).exists(), "the spares of a cache folder that is gone are removed"
+        assert len(spare_names(kept)) <= spares.MAX_SPARES
+    finally:
+        spares.clear(kept)

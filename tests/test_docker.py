@@ -470,6 +470,196 @@ def test_sigkill_without_watchdog_is_reaped_by_prune(tmp_path: Path, shared_cach
         kept.cli("down")
 
 
+# -- the migrated-and-seeded snapshot ------------------------------------------------------
+
+def snapshot_entries(project: Project) -> list[Path]:
+    return sorted((project.cache_dir / "snapshots").glob("docker-*"))
+
+
+def test_snapshot_is_saved_restored_and_invalidated(tmp_path: Path, client: Any) -> None:
+    """Cold run saves; the next restores (same rows, bcrypt hashes, a new password); a changed migration or seed misses."""
+    project = Project(tmp_path / "snap", tmp_path / "cache")  # its own cache: the first run must be cold
+    project.root.mkdir()
+    small_app(project)
+
+    notes: list[str] = []
+
+    def up() -> tuple[envkit.Environment, list[tuple[Any, ...]]]:
+        notes.clear()
+        env = envkit.up(project.load(), reporter=lambda stage, status, s, detail: notes.append(detail)
+                        if status == "progress" else None)
+        with psycopg.connect(env.running.postgres.libpq()) as conn:  # type: ignore[union-attr]
+            rows = conn.execute('select username, password_hash from "user" order by username').fetchall()
+        return env, rows
+
+    env, rows = up()
+    with env:
+        assert not env.running.restored and env.timings["migrate"] > 0
+        first_password = env.running.postgres.password  # type: ignore[union-attr]
+    (entry,) = snapshot_entries(project)
+    assert (entry / ".complete").exists() and oct((entry / "meta.json").stat().st_mode & 0o777) == "0o600"
+
+    env, restored_rows = up()
+    with env:
+        assert env.running.restored and "migrate" not in env.timings
+        # per-service progress, shown live on a terminal
+        assert notes[:2] == ["postgres: starting container", "redis: starting container"]
+        assert "postgres: restoring the migrated and seeded snapshot" in notes
+        assert any(n.startswith("postgres: ready (") for n in notes) and any(n.startswith("redis: ready (") for n in notes)
+        assert restored_rows == rows and bcrypt_ok(env.users()[0]["password"], rows[0][1])
+        assert env.running.postgres.password != first_password  # type: ignore[union-attr]
+        with psycopg.connect(env.running.postgres.libpq(database="postgres")) as conn:  # type: ignore[union-attr]
+            assert conn.execute("show full_page_writes").fetchone() == ("off",)  # forced on only while saving
+
+    project.write("sql/002_more.sql", 'ALTER TABLE "user" ADD COLUMN nickname text;')
+    project.write("envkit.toml", project.root.joinpath("envkit.toml").read_text().replace(
+        'role = "admin"', 'role = "owner"'))
+    env, _ = up()
+    with env:
+        assert not env.running.restored
+        with psycopg.connect(env.running.postgres.libpq()) as conn:  # type: ignore[union-attr]
+            assert conn.execute('select nickname, role from "user"').fetchall() == [(None, "owner")]
+    assert len(snapshot_entries(project)) == 2
+
+    env = envkit.up(project.load(cache=False))
+    with env:
+        assert not env.running.restored
+
+
+def bcrypt_ok(password: str, hashed: str) -> bool:
+    import bcrypt
+
+    return bcrypt.checkpw(password.encode(), hashed.encode())
+
+
+def test_broken_snapshot_falls_back_to_a_fresh_start(tmp_path: Path, client: Any) -> None:
+    project = Project(tmp_path / "broken", tmp_path / "cache")
+    project.root.mkdir()
+    small_app(project)
+    project.cli("up", check=True)
+    project.cli("down", check=True)
+    (entry,) = snapshot_entries(project)
+    archive = entry / "pgdata.tar"
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 3])  # cut off mid-file
+    result = project.cli("test", "--", "-q", "-p", "no:cacheprovider", "tests")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "could not restore the cached snapshot" in result.stderr and "2 passed" in result.stdout
+    assert "from cache" not in result.stderr
+
+
+def test_own_postgres_template_without_the_wait_is_not_restored_into(project: Project, client: Any) -> None:
+    """A user's postgres partial that drops envkit's entrypoint must not get data streamed into a live init."""
+    builtin = (REPO / "templates" / "services" / "postgres.yml.j2").read_text()
+    project.write("templates/services/postgres.yml.j2", builtin[: builtin.index("{% if entrypoint %}")]
+                  + builtin[builtin.index("{% endif %}") + len("{% endif %}\n"):])
+    small_app(project, 'templates = "templates"')
+    for _ in range(2):
+        result = project.cli("test", "--", "-q", "-p", "no:cacheprovider", "tests")
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "does not render the snapshot's `entrypoint`" in result.stderr and "from cache" not in result.stderr
+
+
+# -- remote engines ---------------------------------------------------------------------------
+
+def make_certs(folder: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl)."""
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=envkit test CA",
+        "-keyout", "ca-key.pem", "-out", "ca.pem")
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (folder / f"{name}.ext").write_text(ext.replace("\\n", "\n") + "\n")
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}-key.pem",
+            "-out", f"{name}.csr")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+            "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return {n: folder / f"{n}.pem" for n in ("ca", "server", "server-key", "client", "client-key")}
+
+
+class TLSEngine:
+    """The local engine behind TLS with client certificates: tcp://127.0.0.1:PORT, bytes piped to the socket."""
+
+    def __init__(self, certs: dict[str, Path]) -> None:
+        import ssl
+
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(certs["ca"]))
+        self.context.load_cert_chain(str(certs["server"]), str(certs["server-key"]))
+        self.context.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no engine
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.handshakes = 0
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import ssl
+
+        while True:
+            try:
+                raw, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                conn = self.context.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                self.refused += 1
+                raw.close()
+                continue
+            self.handshakes += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, socket.socket(socket.AF_UNIX) as engine:
+            engine.connect("/var/run/docker.sock")
+            back = threading.Thread(target=self._pipe, args=(engine, conn), daemon=True)
+            back.start()
+            self._pipe(conn, engine)
+            back.join(60)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)  # a half-close (exec's stdin at EOF) goes through
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_tls_docker_context(project: Project, client: Any, tmp_path: Path) -> None:
+    """A context made by `docker context create` with TLS certificates: SDK, Compose and exec all go through it."""
+    if not os.path.exists("/var/run/docker.sock"):
+        pytest.skip("the TLS proxy needs the engine's local socket")
+    (tmp_path / "certs").mkdir()
+    certs = make_certs(tmp_path / "certs")
+    engine = TLSEngine(certs)
+    try:
+        env = {k: v for k, v in project.env().items() if not k.startswith("DOCKER_")}
+        env["DOCKER_CONFIG"] = str(tmp_path / "docker-config")
+        subprocess.run(["docker", "context", "create", "tls-box", "--docker",
+                        f"host=tcp://127.0.0.1:{engine.port},ca={certs['ca']},cert={certs['client']},"
+                        f"key={certs['client-key']}"], env=env, check=True, capture_output=True)
+        subprocess.run(["docker", "context", "use", "tls-box"], env=env, check=True, capture_output=True)
+        small_app(project)
+        for attempt in ("cold", "from the snapshot"):
+            result = project.cli("test", "--", "-q", "-p", "no:cacheprovider", "tests", env=env)
+            assert result.returncode == 0, f"{attempt}: {result.stdout}{result.stderr}"
+            assert "2 passed" in result.stdout
+        assert "(snapshot)" in result.stderr, "the snapshot streamed through the TLS engine too"
+        assert engine.handshakes > 3 and engine.refused == 0
+        # without the context's certificates the engine refuses: the certificates were really used
+        bare = {**env, "DOCKER_CONFIG": str(tmp_path / "empty"), "DOCKER_HOST": f"tcp://127.0.0.1:{engine.port}"}
+        assert project.cli("up", env=bare).returncode != 0
+        assert engine.refused > 0 or engine.handshakes
+    finally:
+        engine.close()
+
+
 # -- images and the committed file -------------------------------------------------------
 
 def test_postgres_18_data_layout_is_followed(project: Project, client: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import signal
 from contextlib import ExitStack
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any, ClassVar
 import pytest
 
 import envkit
-from envkit import lifecycle, state
+from envkit import lifecycle, progress, state
 from envkit.backends.base import PostgresEndpoint, RedisEndpoint, Running
 from envkit.errors import Interrupted, MigrationFailed
+from envkit.output import StageReporter
 
 
 class FakeBackend:
@@ -26,6 +28,7 @@ class FakeBackend:
 
     def start(self, config: Any, session: state.Session, stack: ExitStack, snapshot: str | None) -> Running:
         self.events.append("start")
+        progress.note("postgres", "starting")
         session.resources["fake"] = True
         session.save()
         stack.callback(self.teardown, session)
@@ -78,6 +81,21 @@ def test_stages_run_in_order_and_teardown_runs_once(tmp_path: Path, events: list
     env.down()
     assert events[-1] == "teardown" and events.count("teardown") == 1
     assert not state_file.exists() and not dotenv.exists()
+
+
+def test_progress_notes_reach_the_reporter_during_their_stage_only(tmp_path: Path, events: list[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    use(monkeypatch, FakeBackend(events))
+    seen: list[tuple[str, str, str]] = []
+    with envkit.environment(config_for(tmp_path), reporter=lambda stage, status, s, d: seen.append((stage, status, d))):
+        progress.note("postgres", "after the start stage")  # no stage listens: goes nowhere
+    assert [e for e in seen if e[1] == "progress"] == [("start", "progress", "postgres: starting")]
+    stream = io.StringIO()
+    reporter = StageReporter(stream=stream)
+    reporter("start", "start", 0.0, "")
+    reporter("start", "progress", 0.1, "postgres: starting")
+    reporter("start", "done", 0.2, "up")
+    assert [s["stage"] for s in reporter.stages] == ["start"] and "starting" not in stream.getvalue()
 
 
 def test_restored_snapshot_skips_migrate_and_seed(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,7 +86,8 @@ def test_sigkilled_native_run_is_reaped_without_another_command(project: Project
     proc.stderr.close()  # type: ignore[union-attr]
     try:
         assert wait_until(lambda: not run_dir.exists(), timeout=20), "the watchdog did not stop the servers"
-        assert not (project.root / ".envkit" / "state.json").exists()
+        # the state file goes last (after the spare for the next start is copied)
+        assert wait_until(lambda: not (project.root / ".envkit" / "state.json").exists(), timeout=10)
         assert wait_until(lambda: envkit_processes() <= procs and envkit_run_dirs() <= dirs, timeout=10)
     finally:
         os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -18,20 +18,22 @@ import logging
 import re
 import secrets
 import socket
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import ports, watchdog
+from .. import cache, ports, progress, watchdog
+from .. import render as render_module
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, PortInUse, ServiceFailed
+from ..errors import BackendUnavailable, EnvkitError, PortInUse, ServiceFailed
 from ..exports import render as render_exports
 from ..proc import run
-from ..render import PG_CONTAINER_PORT, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
+from ..render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
 from ..services import ServiceSpec, specs
 from ..state import Session, write_private
-from . import containers, engine, reaper
+from . import containers, engine, reaper, snapshots
 from .base import PostgresEndpoint, RedisEndpoint, Running
 from .native import ping_redis
 
@@ -48,7 +50,7 @@ class ComposeBackend:
     name: ClassVar[str] = "docker"
 
     # -- start -------------------------------------------------------------
-    def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
+    def start(self, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
         where = engine.locate(config.environ, config.host)
         pool = ThreadPoolExecutor(1)
         connecting = pool.submit(engine.client, where, config.environ)  # the SDK is imported while compose starts things
@@ -67,8 +69,20 @@ class ComposeBackend:
             stack.callback(self.teardown, session)
 
             password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
-            plan = self._plan(config, session, where, engine.Inspector(where, connecting), password)
-            write_private(compose_file, render(config, plan))
+            docs = engine.Inspector(where, connecting)
+            snapshot = self._find_snapshot(config, session, docs, key)
+            plan = self._plan(config, session, where, docs, password)
+            if snapshot:
+                plan = dataclasses.replace(plan, entrypoints={"postgres": snapshots.waiting_entrypoint(
+                    snapshot.entrypoint, config.timeout)})
+            text = render(config, plan)
+            if snapshot and not _waits(config, text):
+                log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
+                            "own services/postgres.yml.j2); starting without the cached snapshot")
+                snapshot, text = None, render(config, dataclasses.replace(plan, entrypoints={}))
+            write_private(compose_file, text)
+            for service in _services(config, user):
+                progress.note(service, "starting container")
             self._up(session, connecting, engine.compose_env(config.environ))
             client = connecting.result()
         finally:
@@ -76,11 +90,50 @@ class ComposeBackend:
         found = containers.find(client.api, session.resources["compose"]["project"])
         session.resources["containers"] = found
         session.save()
+        restored = None  # the restored snapshot's superuser password
+        if snapshot:  # the container waits for its data: the critical path
+            progress.note("postgres", "restoring the migrated and seeded snapshot")
+            restored = snapshots.restore(snapshot.docker, engine.compose_env(config.environ), found["postgres"],
+                                         snapshot.entry, snapshot.pgdata, session.users_file)
         try:  # while the containers start: environments of envkit processes that were killed, on this engine and host
             reaper.prune(client)
         except Exception as exc:  # noqa: BLE001 - reaping others must never stop this run
             log.warning("could not look for orphaned environments: %s", exc)
-        return self._wait(config, session, where, client.api, found, password, user)
+        running = self._wait(config, session, where, client.api, found, password, restored or password, user)
+        running.restored = restored is not None
+        return running
+
+    def _find_snapshot(self, config: Config, session: Session, docs: engine.Inspector, key: str | None) -> _Snapshot | None:
+        """Where this run's snapshot lives (recorded for :meth:`save_snapshot`); the entry when the cache holds it."""
+        if not key or not config.postgres.enabled:
+            return None
+        docker = engine.docker_cli(config.environ)
+        image = docs.image(config.postgres.image)
+        if docker is None or image is None:  # no CLI to stream it with; an image compose has yet to pull
+            return None
+        pgdata = _image_env(image).get("PGDATA") or PGDATA
+        name = snapshots.entry_key(config, image, pgdata, key)
+        session.resources["snapshot"] = {"entry": name, "pgdata": pgdata, "docker": docker}
+        entry = cache.lookup(config, "snapshots", name)
+        if entry is None:
+            return None
+        return _Snapshot(entry, pgdata, docker, (image.get("Config") or {}).get("Entrypoint"))
+
+    def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
+        """Keep the freshly migrated and seeded data directory (an online backup) for the next run."""
+        where = session.resources.get("snapshot")
+        if not where or running.postgres is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            snapshots.save(config, where["entry"], where["docker"], engine.compose_env(config.environ),
+                           session.resources["containers"]["postgres"], where["pgdata"], running.postgres,
+                           session.users_file)
+        except (EnvkitError, OSError) as exc:
+            log.warning("postgres: could not save a snapshot for the next run (%s); the next run migrates and seeds "
+                        "again", str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+            return
+        log.debug("postgres: snapshot %s saved in %.2f s", where["entry"], time.perf_counter() - t0)
 
     def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector, password: str) -> Plan:
         taken: set[int] = set()
@@ -131,7 +184,7 @@ class ComposeBackend:
                             output + ("\n\n" + details if details else ""))
 
     def _wait(self, config: Config, session: Session, where: engine.Engine, api: Any, found: dict[str, str],
-              password: str, user: list[ServiceSpec]) -> Running:
+              password: str, admin_password: str, user: list[ServiceSpec]) -> Running:
         host = where.url_host
         running = Running(backend=self.name)
         watches: list[containers.Watch] = []
@@ -143,8 +196,11 @@ class ComposeBackend:
             watch = containers.Watch("postgres", found["postgres"], probe_suffices=True)
             pg = PostgresEndpoint(host=host, port=containers.host_port(api, watch, PG_CONTAINER_PORT, compose_file),
                                   user=config.postgres.user, password=password, database=config.database, admin_url="")
-            pg = dataclasses.replace(pg, admin_url=pg.libpq(database="postgres"))  # the image's superuser is the app's user
-            watch.probe = _postgres_probe(pg, facts)
+            # the image's superuser is the app's user; a restored snapshot holds its earlier password until
+            # the database stage sets this run's
+            admin = dataclasses.replace(pg, password=admin_password)
+            pg = dataclasses.replace(pg, admin_url=admin.libpq(database="postgres"))
+            watch.probe = _postgres_probe(admin, facts)
             watches.append(watch)
         if config.redis.enabled:
             watch = containers.Watch("redis", found["redis"], probe_suffices=True)
@@ -253,9 +309,36 @@ def _image_paths(docs: engine.Inspector, image: str) -> tuple[dict[str, str], li
     found = docs.image(image)
     if found is None:
         return {}, None
-    cfg = found.get("Config") or {}
-    env = dict(item.split("=", 1) for item in cfg.get("Env") or [] if "=" in item)
-    return env, sorted(cfg.get("Volumes") or {})
+    return _image_env(found), sorted((found.get("Config") or {}).get("Volumes") or {})
+
+
+def _services(config: Config, user: list[ServiceSpec]) -> list[str]:
+    return [name for name, on in (("postgres", config.postgres.enabled), ("redis", config.redis.enabled)) if on] + [
+        spec.name for spec in user]
+
+
+def _image_env(image: dict[str, Any]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in (image.get("Config") or {}).get("Env") or [] if "=" in item)
+
+
+def _waits(config: Config, text: str) -> bool:
+    """Whether the rendered postgres service waits for a restored snapshot (a user's own template may not)."""
+    path, _ = snapshots.template(config)
+    if path is not None and path.parent.parent == render_module.builtin_templates():
+        return True  # envkit's own: it does (and yaml's import is 30 ms)
+    import yaml
+
+    service = (yaml.safe_load(text).get("services") or {}).get("postgres") or {}
+    entrypoint = service.get("entrypoint") or []
+    return len(entrypoint) > 3 and entrypoint[3] == "envkit-wait"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Snapshot:
+    entry: Path
+    pgdata: str
+    docker: str
+    entrypoint: list[str] | None
 
 
 def _postgres_probe(pg: PostgresEndpoint, facts: dict[str, str]) -> Any:

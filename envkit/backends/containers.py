@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import progress
 from ..errors import ReadyTimeout, ServiceExited, ServiceFailed
 from ..wait import wait_for
 
@@ -39,6 +40,12 @@ class Watch:
     probe_suffices: bool = False  # built-ins: a passing host-side probe is enough, health or not
     last_error: str = field(default="", init=False)
     running_since: float | None = field(default=None, init=False)  # when envkit first saw it running
+    shown: str = field(default="", init=False)  # the state last shown as progress
+
+    def show(self, what: str) -> None:
+        if what != self.shown:
+            self.shown = what
+            progress.note(self.service, what)
 
 
 #: A service without a Docker health check must be seen running this long: a container that exits at
@@ -72,6 +79,7 @@ def wait_all(api: Any, watches: list[Watch], timeout: float, compose_file: str) 
         for service, watch in list(pending.items()):
             if _ready(api, watch, compose_file):
                 log.info("%s: ready after %.2f s", service, time.monotonic() - start)
+                watch.show(f"ready ({time.monotonic() - start:.1f} s)")
                 del pending[service]
         return not pending
 
@@ -93,6 +101,7 @@ def _ready(api: Any, watch: Watch, compose_file: str) -> bool:
     state = api.inspect_container(watch.container)["State"]
     health = (state.get("Health") or {}).get("Status")
     _raise_if_failed(api, watch, state, compose_file)
+    watch.show(f"{state.get('Status')}{', health ' + health if health else ''}")
     if state.get("Status") != "running":
         return False
     if health is None:

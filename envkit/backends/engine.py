@@ -83,11 +83,19 @@ def client(engine: Engine, environ: Mapping[str, str]) -> Any:
         import docker.errors
     except ImportError:
         raise BackendUnavailable("the docker backend needs the 'docker' package: pip install docker") from None
-    ssh = engine.url.startswith("ssh://")
+    # a fixed version, so that constructing it does not talk to the engine yet: see the CA below
+    kwargs: dict[str, Any] = {"use_ssh_client": engine.url.startswith("ssh://"), "timeout": 30, "version": "1.24"}
     try:
         if environ.get("DOCKER_HOST") or not engine.context:
-            return docker.from_env(environment=dict(environ), use_ssh_client=ssh, timeout=30)
-        return docker.DockerClient(base_url=engine.url, use_ssh_client=ssh, timeout=30)
+            found = docker.from_env(environment=dict(environ), **kwargs)
+        else:
+            found = docker.DockerClient(base_url=engine.url, tls=_context_tls(environ, engine.context), **kwargs)
+        if isinstance(found.api.verify, str):
+            # requests lets REQUESTS_CA_BUNDLE (set on many CI images) override a session's own CA, so
+            # the engine's certificate would be checked against the system's CAs and refused
+            found.api.trust_env = False
+        found.api._version = found.api._retrieve_server_version()  # the engine's API version; fails if none answers
+        return found
     except docker.errors.DockerException as exc:
         raise BackendUnavailable(
             f"no Docker engine answers at {engine.url}: {exc}. Start Docker (or set DOCKER_HOST / a docker context), "
@@ -144,10 +152,11 @@ class Inspector:
                 return self._get(f"/images/{quote(name, safe='')}/json")  # type: ignore[no-any-return]
             except (OSError, ValueError):
                 pass  # the SDK reports what is wrong, below
+        api = self._connecting.result().api  # first: that thread imports docker; two importing at once deadlock
         import docker.errors
 
         try:
-            return self._connecting.result().api.inspect_image(name)  # type: ignore[no-any-return]
+            return api.inspect_image(name)  # type: ignore[no-any-return]
         except docker.errors.ImageNotFound:
             return None
 
@@ -167,6 +176,11 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 def compose_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The environment for compose: everything but COMPOSE_*, so nothing in the shell can redirect it."""
     return {k: v for k, v in environ.items() if not k.startswith("COMPOSE_")}
+
+
+def docker_cli(environ: Mapping[str, str]) -> str | None:
+    """The ``docker`` command line client, if installed (snapshots stream through ``docker exec``)."""
+    return shutil.which("docker", path=environ.get("PATH", os.defpath))
 
 
 def compose_cli(environ: Mapping[str, str]) -> list[str]:
@@ -239,6 +253,32 @@ def _context_host(environ: Mapping[str, str], name: str) -> str | None:
         return None
     host = data.get("Endpoints", {}).get("docker", {}).get("Host")
     return str(host) if host else None
+
+
+def _context_tls(environ: Mapping[str, str], name: str) -> Any:
+    """The TLS settings of a context made with ``docker context create --docker "host=tcp://...,ca=,cert=,key="``.
+
+    The CLI keeps the files in ``contexts/tls/<sha256 of the name>/docker/{ca,cert,key}.pem`` and
+    ``SkipTLSVerify`` in the context's metadata; None when the context has neither (plain tcp, ssh, unix).
+    """
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    config = _docker_config_dir(environ)
+    folder = config / "contexts" / "tls" / digest / "docker"
+    try:
+        meta = json.loads((config / "contexts" / "meta" / digest / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    skip = bool(meta.get("Endpoints", {}).get("docker", {}).get("SkipTLSVerify"))
+    ca, cert, key = (folder / f"{part}.pem" for part in ("ca", "cert", "key"))
+    if not skip and not any(p.is_file() for p in (ca, cert, key)):
+        return None
+    import docker.tls
+
+    return docker.tls.TLSConfig(
+        client_cert=(str(cert), str(key)) if cert.is_file() and key.is_file() else None,
+        ca_cert=str(ca) if ca.is_file() else None,
+        verify=False if skip else (str(ca) if ca.is_file() else True),
+    )
 
 
 def _loopback(host: str) -> bool:

@@ -17,17 +17,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar
 
-from .. import cache, ports
+from .. import cache, ports, spares
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
 from ..errors import ServiceExited
 from ..proc import RunAs, marked, run, spawn, stop_groups, tail
+from ..spares import tmpfs_root
 from ..state import Session
 from ..wait import wait_for
 from .base import PostgresEndpoint, RedisEndpoint, Running
@@ -38,11 +38,6 @@ log = logging.getLogger("envkit")
 SUPERUSER = "postgres"
 _GRACE = 5.0  # seconds between the shutdown signal and SIGKILL
 _POLL_MAX = 0.01  # seconds: the longest pause between two readiness checks of a local server
-
-
-def tmpfs_root() -> Path:
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
 def initdb_args(bins: PgBinaries, data: Path) -> list[str]:
@@ -167,7 +162,7 @@ class NativeBackend:
         if snapshot and config.cache:
             hit = cache.lookup(config, "snapshots", f"{cluster_key}-{snapshot}")
             if hit:
-                self._copy_in(hit / "pgdata", data, run_as)
+                self._from_cache(config, session, hit, data, run_as)
                 if (hit / "users.json").exists():
                     shutil.copy2(hit / "users.json", session.users_file)
                     os.chmod(session.users_file, 0o600)
@@ -175,7 +170,7 @@ class NativeBackend:
                 return True
         pristine = cache.lookup(config, "clusters", cluster_key) if config.cache else None
         if pristine:
-            self._copy_in(pristine / "pgdata", data, run_as)
+            self._from_cache(config, session, pristine, data, run_as)
             return False
         if run_as:
             data.mkdir(mode=0o700)
@@ -184,6 +179,18 @@ class NativeBackend:
         if config.cache:
             cache.store(config, "clusters", cluster_key, data)
         return False
+
+    @classmethod
+    def _from_cache(cls, config: Config, session: Session, entry: Path, data: Path, run_as: RunAs | None) -> None:
+        """The entry's cluster at ``data``: a spare renamed into place, else a copy."""
+        if config.cache_spare:
+            session.resources["spare"] = {"cache": str(cache.root(config)), "entry": str(entry)}  # for teardown
+            if spares.take(cache.root(config), entry, data):
+                session.info["from_spare"] = True
+                if run_as and data.stat().st_uid != run_as.uid:
+                    run_as.chown_tree(data)
+                return
+        cls._copy_in(entry / "pgdata", data, run_as)
 
     @staticmethod
     def _copy_in(src: Path, data: Path, run_as: RunAs | None) -> None:
@@ -244,7 +251,9 @@ class NativeBackend:
         info = session.resources["processes"]["postgres"]
         stop_groups([(info["pgid"], signal.SIGINT)], _GRACE, [self._procs["postgres"]])
         extra = [session.users_file] if session.users_file.exists() else []
-        cache.store(config, "snapshots", f"{session.resources['cluster_key']}-{key}", run_dir / "pgdata", extra)
+        entry = cache.store(config, "snapshots", f"{session.resources['cluster_key']}-{key}", run_dir / "pgdata", extra)
+        if config.cache_spare:  # the next start renames a spare of the new snapshot into place
+            session.resources["spare"] = {"cache": str(cache.root(config)), "entry": str(entry)}
         self._spawn(session, "postgres", self._argv["postgres"], RunAs.for_servers())
         self._wait_postgres(session, running.postgres.port, config.timeout)
 
@@ -260,6 +269,13 @@ class NativeBackend:
         stop_groups(targets, _GRACE, self._spawned)
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+        spare = session.resources.get("spare")
+        if spare:  # copied now, renamed into place by the next start (envkit.spares)
+            try:
+                run_as = RunAs.for_servers()
+                spares.make(Path(spare["cache"]), Path(spare["entry"]), lambda src, dst: self._copy_in(src, dst, run_as))
+            except Exception as exc:  # noqa: BLE001 - a spare is an optimisation: teardown goes on
+                log.debug("no spare kept: %s", exc)
 
     def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
         run_dir = Path(session.resources.get("run_dir", "/nonexistent"))
