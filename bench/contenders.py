@@ -75,9 +75,10 @@ class Bench:
 
     # -- envkit ----------------------------------------------------------------------------------
     def envkit(self, root: Path, *, cache: Path | None, backend: str = "native", expect_users: int = 0,
-               profile: Path | None = None) -> dict[str, Any]:
+               profile: Path | None = None, spare: bool = True) -> dict[str, Any]:
         argv: list[str | Path] = [PROJECT_PYTHON, ENVKIT_UP, root, "--backend", backend, "--expect-users", str(expect_users)]
         argv += ["--cache-dir", cache] if cache else ["--no-cache"]
+        argv += [] if spare else ["--no-spare"]
         if profile:
             argv += ["--profile", profile]
         return run_json(argv, env=clean_env(), cwd=root)

@@ -55,6 +55,8 @@ def ready(b: Bench, runs: int, quick: bool, docker: tuple[bool, str], envkit_doc
                   "bare"),
         Contender("envkit-warm-seeded", "envkit native, snapshot warm",
                   lambda r: b.envkit(demo, cache=b.paths["warm_cache"], expect_users=users), "seeded"),
+        Contender("envkit-nospare-seeded", "envkit native, snapshot warm, no spare",
+                  lambda r: b.envkit(demo, cache=b.paths["warm_cache"], expect_users=users, spare=False), "seeded"),
         Contender("pgpg-tuned-bare", "pytest-postgresql + pytest-redis, tuned", lambda r: b.pgpg(True, False), "bare"),
         Contender("pgpg-tuned-seeded", "pytest-postgresql + pytest-redis, tuned, + Alembic + bcrypt",
                   lambda r: b.pgpg(True, True), "seeded"),
@@ -116,6 +118,7 @@ def ready(b: Bench, runs: int, quick: bool, docker: tuple[bool, str], envkit_doc
                 ratios.append(pair_ratios(s, series[ref]))
     for a, ref in (("pgpg-tuned-bare", "envkit-warm-seeded"), ("pgpg-shipped-bare", "envkit-warm-seeded"),
                    ("envkit-docker-seeded", "testcontainers-bare"), ("envkit-docker-seeded", "compose-bare"),
+                   ("envkit-docker-miss-seeded", "envkit-docker-seeded"),
                    ("envkit-warm-seeded", "floor")):
         if a in series and ref in series:
             ratios.append(pair_ratios(series[a], series[ref]))
@@ -223,6 +226,9 @@ def growth(b: Bench, runs: int, quick: bool, say: Say) -> dict[str, Any]:
         b.envkit(root, cache=cache, expect_users=u)
         c.append(Contender(f"r{r}-u{u}-warm", f"{r} revisions, {u} users, snapshot warm",
                            lambda _, root=root, u=u: b.envkit(root, cache=cache, expect_users=u), "warm"))
+        if u == 100 and r in (revisions[0], revisions[-1]):  # the spare's effect on growth: copy vs rename
+            c.append(Contender(f"r{r}-u{u}-nospare", f"{r} revisions, {u} users, snapshot warm, no spare",
+                               lambda _, root=root, u=u: b.envkit(root, cache=cache, expect_users=u, spare=False), "nospare"))
         c.append(Contender(f"r{r}-u{u}-miss", f"{r} revisions, {u} users, no snapshot (cluster warm)",
                            lambda _, root=root, u=u: b.envkit_throwaway_cache(root, b.cluster_only_cache(), expect_users=u),
                            "miss"))
@@ -233,6 +239,8 @@ def growth(b: Bench, runs: int, quick: bool, say: Say) -> dict[str, Any]:
         ratios += [pair_ratios(series[f"r{r}-u100-{mode}"], series[f"r10-u100-{mode}"]) for r in revisions[1:]]
         ratios += [pair_ratios(series[f"r10-u{u}-{mode}"], series[f"r10-u100-{mode}"]) for u in users[1:]]
     ratios += [pair_ratios(series[f"r{r}-u{u}-miss"], series[f"r{r}-u{u}-warm"]) for r, u in shapes]
+    ratios.append(pair_ratios(series[f"r{revisions[-1]}-u100-nospare"], series["r10-u100-nospare"]))
+    ratios += [pair_ratios(series[f"r{r}-u100-nospare"], series[f"r{r}-u100-warm"]) for r in (revisions[0], revisions[-1])]
     return _figure(series, ratios, ["Generated Alembic projects: revision 1 creates users, each later one a table with "
                                     "a foreign key and an index; users hashed with bcrypt at cost 4."],
                    revisions=revisions, users=users)

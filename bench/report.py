@@ -11,6 +11,8 @@ END = "<!-- bench:results:end -->"
 READY_ROWS = [
     ("physical floor (harness: cached cluster copied to tmpfs, `postgres` direct)", "floor", None),
     ("**envkit native, warm cache**", "envkit-warm-bare", "envkit-warm-seeded"),
+    ("envkit native, warm cache, no spare (`cache_spare = false`: the snapshot copied while you wait)", None,
+     "envkit-nospare-seeded"),
     ("envkit native, `envkit up` CLI (process start to ready), warm", None, "envkit-cli-seeded"),
     ("envkit native, snapshot miss (migrations changed; cluster warm)", None, "envkit-miss-seeded"),
     ("envkit native, empty cache (first run ever)", "envkit-cold-bare", "envkit-cold-seeded"),
@@ -145,11 +147,19 @@ def wholerun_table(fig: dict[str, Any]) -> str:
 
 
 def growth_table(fig: dict[str, Any]) -> str:
-    out = ["| project | snapshot warm (s) | no snapshot (s) | no snapshot ÷ warm |", "|---|---:|---:|---:|"]
+    out = ["| project | snapshot warm (s) | warm, no spare (s) | no snapshot (s) | no snapshot ÷ warm |",
+           "|---|---:|---:|---:|---:|"]
     shapes = sorted({tuple(int(p[1:]) for p in k.split("-")[:2]) for k in fig["series"]})
     for r, u in shapes:
-        warm, miss = f"r{r}-u{u}-warm", f"r{r}-u{u}-miss"
-        out.append(f"| {r} revisions, {u:,} users | {_s(_med(fig, warm))} | {_s(_med(fig, miss))} | {_x(_ratio(fig, miss, warm))} |")
+        warm, nospare, miss = f"r{r}-u{u}-warm", f"r{r}-u{u}-nospare", f"r{r}-u{u}-miss"
+        out.append(f"| {r} revisions, {u:,} users | {_s(_med(fig, warm))} | "
+                   f"{_s(_med(fig, nospare)) if nospare in fig['series'] else '-'} | {_s(_med(fig, miss))} | "
+                   f"{_x(_ratio(fig, miss, warm))} |")
+    revs = fig["revisions"]
+    flat = _ratio(fig, f"r{revs[-1]}-u100-nospare", "r10-u100-nospare")
+    if flat is not None:
+        out.append(f"\nWithout spares, {revs[-1]} revisions take {flat:.2f}x the time of 10 (pair by pair); with them, "
+                   f"{_ratio(fig, f'r{revs[-1]}-u100-warm', 'r10-u100-warm') or 0:.2f}x.")
     return "\n".join(out)
 
 
@@ -163,6 +173,9 @@ def features_table(results: dict[str, Any]) -> str:
             ("migrated-and-seeded snapshot (demo app, 100 users)", "envkit-miss-seeded", "envkit-warm-seeded"),
             ("snapshot + cluster cache vs an empty cache", "envkit-cold-seeded", "envkit-warm-seeded"),
             ("pristine-cluster cache (bare servers)", "envkit-cold-bare", "envkit-warm-bare"),
+            ("spare renamed into place vs copied from the cache (demo, warm)", "envkit-nospare-seeded", "envkit-warm-seeded"),
+            ("docker: snapshot streamed into the container vs initdb + migrate + seed", "envkit-docker-miss-seeded",
+             "envkit-docker-seeded"),
         ):
             if without in f["series"] and with_ in f["series"]:
                 out.append(f"| {name} | {_s(_med(f, without))} | {_s(_med(f, with_))} | {_x(_ratio(f, without, with_))} |")

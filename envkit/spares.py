@@ -31,7 +31,7 @@ from pathlib import Path
 
 log = logging.getLogger("envkit")
 
-MAX_SPARES = 4
+MAX_SPARES = 8
 _STALE = 600.0  # seconds after which a half-made or claimed-but-abandoned spare is removed
 
 

@@ -1,7 +1,7 @@
 """One envkit environment, timed in-process: load_config + up() + the common probe, then down().
 
 Run with the project's venv (envkit is measured from there):
-    python envkit_up.py ROOT [--cache-dir DIR | --no-cache] [--backend native|docker] [--expect-users N]
+    python envkit_up.py ROOT [--cache-dir DIR | --no-cache] [--no-spare] [--backend native|docker] [--expect-users N]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("root")
     parser.add_argument("--cache-dir")
     parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--no-spare", action="store_true", help="cache_spare = false: copy from the cache")
     parser.add_argument("--backend", default="native")
     parser.add_argument("--expect-users", type=int, default=0)
     parser.add_argument("--profile", help="write a pyinstrument text profile of up()+down() to this file")
@@ -36,6 +37,8 @@ def main() -> None:
         overrides["cache"] = False
     elif args.cache_dir:
         overrides["cache_dir"] = args.cache_dir
+    if args.no_spare:
+        overrides["cache_spare"] = False
     profiler = _profiler() if args.profile else None
 
     t0 = time.perf_counter()
@@ -64,7 +67,8 @@ def main() -> None:
             fh.write(profiler.output_text(unicode=False, color=False))
     print("BENCH-RESULT " + json.dumps({
         "ready": ready, "teardown": teardown, "services_kb": services, "host_peak_kb": peak,
-        "restored": env.running.restored, "stages": {k: round(v, 4) for k, v in env.timings.items()},
+        "restored": env.running.restored, "spare": bool(env.session.info.get("from_spare")),
+        "stages": {k: round(v, 4) for k, v in env.timings.items()},
     }))
 
 
