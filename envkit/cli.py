@@ -367,11 +367,16 @@ def cache_clear(ctx: Ctx) -> int:
 def cache_list(ctx: Ctx) -> int:
     """List cache entries."""
     from . import cache as cache_mod
+    from . import spares
 
     config = ctx.config()
     for kind, key, size, _used in cache_mod.entries(config):
         click.echo(f"{kind:<10} {key:<40} {size / 1e6:8.1f} MB")
     click.echo(f"(in {cache_mod.root(config)})", err=True)
+    kept = spares.listed(cache_mod.root(config))
+    if kept:
+        click.echo(f"(and {len(kept)} spare cop{'y' if len(kept) == 1 else 'ies'} for the next start in "
+                   f"{spares.folder(cache_mod.root(config))}: {', '.join(kept)})", err=True)
     return 0
 
 

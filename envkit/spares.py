@@ -3,7 +3,7 @@
 Starting from the cache means copying a cluster (1,300 files for the demo,
 2,500 with 200 migrations) to tmpfs, and that copy is most of a warm start.
 So when a native environment goes down, envkit copies the entry it started
-from once more, into ``<tmpfs>/.envkit-spares/``; the next start on the same
+from once more, into ``<tmpfs>/.envkit-spares-<uid>/``; the next start on the same
 entry renames that copy into place (one ``rename()``, whatever its size) and
 the copy is off the path the user waits on.
 
@@ -41,9 +41,14 @@ def tmpfs_root() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
+def base() -> Path:
+    """This user's spares (per user: /dev/shm is shared, and another user's folder is not writable)."""
+    return tmpfs_root() / f".envkit-spares-{os.getuid()}"
+
+
 def folder(cache_root: Path) -> Path:
     """The spares of one cache folder."""
-    return tmpfs_root() / ".envkit-spares" / hashlib.sha256(str(cache_root).encode()).hexdigest()[:16]
+    return base() / hashlib.sha256(str(cache_root).encode()).hexdigest()[:16]
 
 
 def name(entry: Path) -> str:
@@ -87,7 +92,8 @@ def make(cache_root: Path, entry: Path, copy: Callable[[Path, Path], None]) -> P
     if stats.f_bavail * stats.f_frsize < 2 * size + (64 << 20):
         log.debug("not keeping a spare of %s: tmpfs has less than twice its size free", entry.name)
         return None
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    base().mkdir(exist_ok=True, mode=0o700)
+    home.mkdir(exist_ok=True, mode=0o700)
     (home / ".root").write_text(str(cache_root))
     tmp = home / f".{spare.name}.{os.getpid()}.tmp"
     try:
@@ -102,16 +108,20 @@ def make(cache_root: Path, entry: Path, copy: Callable[[Path, Path], None]) -> P
     return spare
 
 
+def listed(cache_root: Path) -> list[str]:
+    """The spares waiting for the next start, by name."""
+    return sorted(p.name for p in _children(folder(cache_root)) if not p.name.startswith("."))
+
+
 def clear(cache_root: Path) -> None:
     shutil.rmtree(folder(cache_root), ignore_errors=True)
 
 
 def tidy() -> None:
     """Remove spares of vanished cache folders, abandoned half-made ones, and all but the newest :data:`MAX_SPARES`."""
-    base = tmpfs_root() / ".envkit-spares"
     now = time.time()
     spares: list[tuple[float, Path]] = []
-    for home in _children(base):
+    for home in _children(base()):
         try:
             root = Path((home / ".root").read_text())
         except OSError:

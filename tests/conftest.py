@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from envkit import spares
 from envkit.backends.native import tmpfs_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def no_spares_after_the_session(tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Spares (envkit.spares) are a cache kept on tmpfs on purpose; this session's caches take theirs along."""
     yield
     base = str(tmp_path_factory.getbasetemp())
-    for marker in (tmpfs_root() / ".envkit-spares").glob("*/.root"):
+    for marker in spares.base().glob("*/.root"):
         try:
             if marker.read_text().startswith(base):
                 shutil.rmtree(marker.parent, ignore_errors=True)

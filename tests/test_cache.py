@@ -167,6 +167,8 @@ def test_a_spare_is_kept_at_down_renamed_into_place_and_cleared(project: Project
     assert bring_up(project, cache_dir=str(own)) == {**first, "restored": True, "spare": True}
 
     assert not bring_up(project, cache_dir=str(own), cache_spare=False)["spare"]
+    listed = project.cli("cache", "list", env=project.env(ENVKIT_CACHE_DIR=str(own)), check=True)
+    assert f"1 spare copy for the next start in {spares.folder(own)}: {spares.name(entry)}" in listed.stderr
     project.cli("cache", "clear", env=project.env(ENVKIT_CACHE_DIR=str(own)), check=True)
     assert not spares.folder(own).exists()
 
