@@ -171,6 +171,14 @@ class Project:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A project without `cache_dir` (the demo's copies) caches under XDG_CACHE_HOME: the session's, not the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def no_spares_after_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Spares (envkit.spares) are a cache kept on tmpfs on purpose; this session's caches take theirs along."""
     yield
