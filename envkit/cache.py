@@ -140,18 +140,40 @@ def _size(path: Path) -> int:
     return total
 
 
-def fingerprint(config: Config, *parts: str) -> str:
+#: The name :func:`contents` gives the settings that decide the database's content.
+SETTINGS = "(the [migrations] and [seed] settings)"
+
+
+def contents(config: Config) -> dict[str, str]:
+    """Everything that decides the migrated and seeded database: each file's hash, and the settings'.
+
+    Kept in the state of each environment, so that one left up can be found stale (:func:`changed`).
+    """
+    def short(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    out = {SETTINGS: short(repr((config.database, config.postgres.user, config.migrations, config.seed)).encode())}
+    for file in sorted(_content_files(config)):
+        name = str(file.relative_to(config.root) if file.is_relative_to(config.root) else file)
+        try:
+            out[name] = short(file.read_bytes())
+        except OSError:
+            out[name] = "<missing>"
+    return out
+
+
+def changed(before: dict[str, str], now: dict[str, str]) -> list[str]:
+    """What differs between two :func:`contents`: changed, added and removed names."""
+    return sorted(name for name in before.keys() | now.keys() if before.get(name) != now.get(name))
+
+
+def fingerprint(config: Config, *parts: str, content: dict[str, str] | None = None) -> str:
     """A key for everything that decides the migrated and seeded database's content."""
     digest = hashlib.sha256()
     for part in parts:
         digest.update(part.encode() + b"\0")
-    digest.update(repr((config.database, config.postgres.user, config.migrations, config.seed)).encode())
-    for file in sorted(_content_files(config)):
-        digest.update(str(file.relative_to(config.root) if file.is_relative_to(config.root) else file).encode())
-        try:
-            digest.update(file.read_bytes())
-        except OSError:
-            digest.update(b"<missing>")
+    for name, value in sorted((content if content is not None else contents(config)).items()):
+        digest.update(f"{name}\0{value}\0".encode())
     return digest.hexdigest()[:20]
 
 

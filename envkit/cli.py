@@ -115,15 +115,21 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--replace", is_flag=True, help="Tear down the environment that is up first (e.g. after changing migrations).")
 @common
-def up(ctx: Ctx) -> int:
+def up(ctx: Ctx, replace: bool) -> int:
     """Bring the environment up and leave it running (envkit down ends it)."""
     config = ctx.config()
     existing = lifecycle.current(config)
-    if existing is not None:
+    if existing is not None and replace:
+        lifecycle.teardown_session(config, existing)
+        if not ctx.opts["quiet"]:
+            click.echo(f"envkit: {existing.label} torn down, to be replaced", err=True)
+    elif existing is not None:
+        lifecycle.check_fresh(config, existing)
         raise EnvkitError(
             f"an environment is already up for this checkout ({existing.label}, {existing.backend} backend); "
-            "use it (eval \"$(envkit env)\") or run envkit down first"
+            "use it (eval \"$(envkit env)\"), or replace it with envkit up --replace"
         )
     env = lifecycle.up(config, reporter=ctx.reporter)
     env.detach()
@@ -171,6 +177,7 @@ def _hand_off(ctx: Ctx, argv: list[str], keep: bool, keep_on_failure: bool) -> i
     config = ctx.config()
     existing = lifecycle.current(config)
     if existing is not None:
+        lifecycle.check_fresh(config, existing)  # not against a schema the checkout's migrations no longer describe
         click.echo(f"envkit: using the environment that is already up ({existing.label}); it stays up", err=True)
         return lifecycle.run_child(argv, {**config.environ, **existing.exports})
 
@@ -223,9 +230,11 @@ def status(ctx: Ctx) -> int:
     if session is None:
         click.echo(json.dumps({"up": False}) if ctx.opts["as_json"] else "envkit: nothing is up")
         return 1
+    stale = lifecycle.outdated(config, session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
             "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
-            "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL")}
+            "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
+            "stale": stale}
     if ctx.opts["as_json"]:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -233,6 +242,8 @@ def status(ctx: Ctx) -> int:
         for key in ("database_url", "redis_url"):
             if info[key]:
                 click.echo(f"  {key}: {info[key]}")
+        if stale:
+            click.echo(f"  stale: migrated and seeded before {', '.join(stale)} changed; envkit up --replace")
     return 0
 
 

@@ -14,6 +14,7 @@
     │   ├── SeedError                seeding failed (bad user, password too long, ...)
     │   └── UnsafeTarget             refused to touch a database envkit did not create
     ├── StateError                   the .envkit state is missing or unreadable
+    │   └── StaleEnvironment         the environment left up was built from other migrations or seeds
     └── Interrupted                  a signal (SIGINT, SIGTERM, SIGHUP) stopped envkit
 
 Every message says what was checked, what was found and how to fix it; the
@@ -109,6 +110,17 @@ class UnsafeTarget(ProvisionError):
 
 class StateError(EnvkitError):
     """The environment's state could not be read."""
+
+
+class StaleEnvironment(StateError):
+    """The environment ``envkit up`` left running was migrated and seeded from files that have changed since."""
+
+    def __init__(self, label: str, changed: list[str]) -> None:
+        self.changed = changed
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        super().__init__(
+            f"the environment {label} that is up was migrated and seeded before {shown} changed; its database is "
+            "stale. Run `envkit up --replace` (or `envkit down`, then `envkit up`) for a fresh one")
 
 
 class Interrupted(EnvkitError):

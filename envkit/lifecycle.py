@@ -28,7 +28,7 @@ from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, StateError
+from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError
 from .provision import database
 from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
@@ -135,7 +135,9 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         stack.callback(session.remove)
         if config.watchdog:  # tears down if this process is killed before it can (SIGKILL)
             stack.callback(start_watchdog(config, session))
-        key = _snapshot_key(config, backend.name)
+        content = cache.contents(config) if config.postgres.enabled else {}
+        session.info["contents"] = content  # an environment left up is found stale when these change
+        key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
         running = stage("start", backend.start, config, session, stack, key,
@@ -184,7 +186,7 @@ def _provision_database(config: Config, pg: Any, session: Session, stack: ExitSt
         database.prepare_schema(pg, config.migrations.schema)
 
 
-def _snapshot_key(config: Config, backend: str) -> str | None:
+def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str | None:
     if not config.cache or not config.postgres.enabled:
         return None
     if kind_of(config) == "command":
@@ -193,7 +195,7 @@ def _snapshot_key(config: Config, backend: str) -> str | None:
     if kind_of(config) == "none" and not seeds and backend != "docker":
         return None  # nothing to migrate or seed: the native pristine-cluster cache is the snapshot; a container
         # image initialises its cluster on every first start, so docker keeps even an empty one
-    return cache.fingerprint(config, backend)
+    return cache.fingerprint(config, backend, content=content)
 
 
 def _describe(running: Running, session: Session) -> str:
@@ -225,9 +227,24 @@ def environment(config: Config, *, reporter: Reporter | None = None) -> Iterator
 # -- other processes' environments --------------------------------------------
 
 def current(config: Config) -> Session | None:
-    """The environment recorded for this checkout, after reaping a stale one."""
+    """The environment recorded for this checkout, after reaping one whose owner died."""
     reap_stale(config)
     return state.load(config)
+
+
+def outdated(config: Config, session: Session) -> list[str]:
+    """The migration and seed files (and settings) that changed since ``session`` was migrated and seeded."""
+    before = session.info.get("contents")
+    if not before or not config.postgres.enabled:
+        return []  # recorded by an older envkit, or nothing to compare
+    return cache.changed(before, cache.contents(config))
+
+
+def check_fresh(config: Config, session: Session) -> None:
+    """Raise :class:`StaleEnvironment` when ``session`` was built from other migrations or seeds than the checkout's."""
+    changes = outdated(config, session)
+    if changes:
+        raise StaleEnvironment(session.label, changes)
 
 
 def reap_stale(config: Config) -> bool:

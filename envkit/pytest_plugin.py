@@ -281,7 +281,10 @@ class _Plugin:
             return session
         assert self.envkit_config is not None
         self.found = "left up by envkit up"
-        return lifecycle.current(self.envkit_config)
+        session = lifecycle.current(self.envkit_config)
+        if session is not None:  # changed migrations or seeds since `envkit up`: its database is not what they say
+            lifecycle.check_fresh(self.envkit_config, session)
+        return session
 
     def _bring_up(self) -> Environment:
         from . import lifecycle

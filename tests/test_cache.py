@@ -222,3 +222,37 @@ def test_spares_are_bounded_and_vanished_caches_lose_theirs(tmp_path: Path) -> N
         assert len(spare_names(kept)) <= spares.MAX_SPARES
     finally:
         spares.clear(kept)
+
+
+def test_an_environment_left_up_is_found_stale_and_replaced(project: Project, tmp_path: Path) -> None:
+    """`envkit up` twice after a migration changed: not 'already up', but stale, named, and --replace fixes it."""
+    make(project)
+    env = project.env(ENVKIT_CACHE_DIR=str(tmp_path / "cache"))
+    project.cli("up", "--backend", "native", env=env, check=True)
+    try:
+        status = project.cli("status", env=env, check=True).stdout
+        assert "stale" not in status
+        again = project.cli("up", "--backend", "native", env=env)
+        assert again.returncode == 3 and "already up" in again.stderr and "--replace" in again.stderr
+
+        make(project, widget="CREATE TABLE widget (id int, size int)")  # the same revision file, edited
+        status = json.loads(project.cli("status", "--json", env=env, check=True).stdout)
+        assert status["stale"] == ["migrations/versions/0002_step.py"], status["stale"]
+        for command in (["up", "--backend", "native"], ["run", "--", "true"], ["test"]):
+            refused = project.cli(*command, env=env)
+            assert refused.returncode == 3 and "its database is stale" in refused.stderr, (command, refused.stderr)
+        stale = project.cli("up", "--backend", "native", env=env)
+        assert stale.returncode == 3
+        assert "migrations/versions/0002_step.py changed; its database is stale" in stale.stderr, stale.stderr
+        assert "envkit up --replace" in stale.stderr
+
+        replaced = project.cli("up", "--backend", "native", "--replace", env=env, check=True)
+        assert "torn down, to be replaced" in replaced.stderr
+        exports = json.loads(project.cli("env", "--format", "json", env=env, check=True).stdout)
+        with psycopg.connect(exports["DATABASE_URL"].replace("+psycopg", "")) as conn:
+            columns = [r[0] for r in conn.execute("SELECT column_name FROM information_schema.columns "
+                                                  "WHERE table_name = 'widget' ORDER BY ordinal_position")]
+        assert columns == ["id", "size"]
+        assert json.loads(project.cli("status", "--json", env=env, check=True).stdout)["stale"] == []
+    finally:
+        project.cli("down", env=env, check=True)

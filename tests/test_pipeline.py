@@ -52,7 +52,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(lifecycle, "_probe", lambda *a: events.append("ready"))
     monkeypatch.setattr(lifecycle, "migrate", lambda *a: events.append("migrate") or "m")
     monkeypatch.setattr(lifecycle, "seed", lambda *a: events.append("seed") or "s")
-    monkeypatch.setattr(lifecycle, "_snapshot_key", lambda config, backend: "key")
+    monkeypatch.setattr(lifecycle, "_snapshot_key", lambda config, backend, content: "key")
     return events
 
 

@@ -368,6 +368,12 @@ def test_envkit_brings_up_keeps_and_reuses(clean_environ: pytest.MonkeyPatch, py
         assert label_file.read_text() == kept
         assert "left up by envkit up" in result.stdout.str()
         assert state_file.exists()
+
+        # a migration changed since: reusing it would test against the old schema, so the tests fail and say why
+        project.write("migrations/002_more.sql", "ALTER TABLE users ADD COLUMN nickname text;")
+        result = pytester.runpytest_subprocess()
+        result.assert_outcomes(errors=1)
+        assert "migrations/002_more.sql" in result.stdout.str() and "envkit up --replace" in result.stdout.str()
     finally:
         project.cli("down", "-q")
     assert not state_file.exists()
