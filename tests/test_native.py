@@ -392,3 +392,25 @@ def test_missing_binaries_explain_how_to_fix(tmp_path: Path) -> None:
         find_postgres(str(tmp_path), {})
     with pytest.raises(envkit.BinaryNotFound, match="ENVKIT_REDIS_SERVER"):
         find_redis(str(tmp_path / "nope"), {"PATH": str(tmp_path)})
+
+
+def test_binaries_answer_once_until_they_change(tmp_path: Path) -> None:
+    """`--version` is asked once per binary (the memo in the cache), and again after an upgrade."""
+    from envkit.backends.binaries import Memo
+
+    calls = tmp_path / "calls"
+    server = tmp_path / "redis-server"
+    server.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'Redis server v=7.2.4 sha=0'\n")
+    server.chmod(0o755)
+    memo_file = tmp_path / "cache" / "binaries.json"
+    for _ in range(3):
+        assert find_redis(str(server), {}, Memo(memo_file)).version == "7.2.4"
+    assert calls.read_text().count("x") == 1 and memo_file.exists()
+
+    upgrade = tmp_path / "redis-server.new"  # as a package manager does: a new file renamed over the old
+    upgrade.write_text(f"#!/bin/sh\necho x >> {calls}\necho 'Redis server v=7.4.1 sha=0'\n")
+    upgrade.chmod(0o755)
+    upgrade.rename(server)
+    assert find_redis(str(server), {}, Memo(memo_file)).version == "7.4.1"
+    assert calls.read_text().count("x") == 2
+    assert find_redis(str(server), {}, Memo(None)).version == "7.4.1" and calls.read_text().count("x") == 3

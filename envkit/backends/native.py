@@ -31,7 +31,7 @@ from ..spares import tmpfs_root
 from ..state import Session
 from ..wait import wait_for
 from .base import PostgresEndpoint, RedisEndpoint, Running
-from .binaries import PgBinaries, find_postgres, find_redis
+from .binaries import Memo, PgBinaries, find_postgres, find_redis
 
 log = logging.getLogger("envkit")
 
@@ -86,8 +86,10 @@ class NativeBackend:
 
         running = Running(backend=self.name)
         with ThreadPoolExecutor(max_workers=1) as pool:  # both lookups wait on `--version` subprocesses: side by side
-            redis_lookup = pool.submit(find_redis, config.redis.server, config.environ) if config.redis.enabled else None
-            pg_bins = find_postgres(config.postgres.bindir, config.environ) if config.postgres.enabled else None
+            memo = Memo(cache.root(config) / "binaries.json" if config.cache else None)  # their --version, once
+            redis_lookup = (pool.submit(find_redis, config.redis.server, config.environ, Memo(memo.path))
+                            if config.redis.enabled else None)
+            pg_bins = find_postgres(config.postgres.bindir, config.environ, memo) if config.postgres.enabled else None
             redis_bin = redis_lookup.result() if redis_lookup else None
         redis_req = port_request(config.redis.port, DEFAULT_REDIS_PORT)
         pg_req = port_request(config.postgres.port, DEFAULT_PG_PORT)
