@@ -671,14 +671,15 @@ def test_postgres_18_data_layout_is_followed(project: Project, client: Any) -> N
     client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, pull=False, rm=True)
     try:
         docker_config(project, f'[postgres]\nimage = "{tag}"\n[redis]\nenabled = false\n')
-        with envkit.environment(project.load()) as env:
-            assert env.running.postgres
-            with psycopg.connect(env.running.postgres.libpq()) as conn:
-                assert conn.execute("show data_directory").fetchone() == ("/var/lib/postgresql/18/docker",)
-            (container,) = labelled(client, env.session.label)["containers"]
-            attrs = client.api.inspect_container(container.id)
-            assert not [m for m in attrs["Mounts"] if m["Type"] == "volume"]
-            assert set(attrs["HostConfig"]["Tmpfs"]) == {"/var/lib/postgresql", "/var/lib/postgresql/data"}
+        for restored in (False, True):  # the second start restores the snapshot into the image's own data path
+            with envkit.environment(project.load()) as env:
+                assert env.running.postgres and env.running.restored is restored
+                with psycopg.connect(env.running.postgres.libpq()) as conn:
+                    assert conn.execute("show data_directory").fetchone() == ("/var/lib/postgresql/18/docker",)
+                (container,) = labelled(client, env.session.label)["containers"]
+                attrs = client.api.inspect_container(container.id)
+                assert not [m for m in attrs["Mounts"] if m["Type"] == "volume"]
+                assert set(attrs["HostConfig"]["Tmpfs"]) == {"/var/lib/postgresql", "/var/lib/postgresql/data"}
     finally:
         client.images.remove(tag, force=True)
 
