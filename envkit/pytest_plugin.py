@@ -216,6 +216,7 @@ class _Plugin:
     _environ: dict[str, str | None] = field(default_factory=dict)
     _sigterm: Any = None
     _snapshot: Snapshot | None = None
+    _restore_conn: Any = None
     _redis_flushed: bool = False
     _async_engines: dict[str, AsyncEngine] = field(default_factory=dict)
 
@@ -336,6 +337,21 @@ class _Plugin:
             self._snapshot = data.capture(space.postgres)
         return self._snapshot
 
+    def restore_connection(self) -> Any:
+        """One connection to this process's database for every truncate-and-reseed (closed before it is dropped)."""
+        if self._restore_conn is None or self._restore_conn.closed:
+            from .provision.database import connect
+
+            space = self.require("postgres")
+            assert space.postgres is not None
+            self._restore_conn = connect(space.postgres.libpq())
+        return self._restore_conn
+
+    def close_restore_connection(self) -> None:
+        conn, self._restore_conn = self._restore_conn, None
+        if conn is not None:
+            conn.close()
+
     def database_created_by_envkit(self, name: str) -> bool | None:
         """Whether envkit created ``name``; None: let the guard ask whether this process did."""
         if self.session and name in self.session.resources.get("created_databases", []):
@@ -361,6 +377,7 @@ class _Plugin:
     def finish_process(self) -> None:
         """Drop this process's database and empty its Redis namespace; put os.environ back."""
         space, self.workspace = self.workspace, None
+        self.close_restore_connection()  # before the database is dropped: DROP DATABASE waits for no one
         for engine in self._async_engines.values():
             engine.sync_engine.dispose()  # NullPool: nothing pooled, nothing that needs an event loop
         self._async_engines.clear()
@@ -507,6 +524,12 @@ def envkit_engine(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iter
         engine.dispose()
 
 
+def _connection_lost() -> type[Exception]:
+    import psycopg
+
+    return psycopg.OperationalError
+
+
 @pytest.fixture
 def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator[EnvkitDatabase]:
     """The database this test runs on, set up and reset according to its isolation."""
@@ -523,8 +546,17 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
         yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"))
         cfg = plugin.envkit_config
         assert cfg is not None
-        data.restore(space.postgres, snapshot, created_by_envkit=plugin.database_created_by_envkit(space.postgres.database),
-                     allow_hosts=cfg.postgres.allow_hosts, allow_unsafe=cfg.allow_unsafe)
+        created = plugin.database_created_by_envkit(space.postgres.database)
+        conn = plugin.restore_connection()
+        try:
+            data.restore(space.postgres, snapshot, created_by_envkit=created, allow_hosts=cfg.postgres.allow_hosts,
+                         allow_unsafe=cfg.allow_unsafe, conn=conn)
+        except _connection_lost():
+            if not (conn.broken or conn.closed):
+                raise  # a lock timeout and the like: the test's own doing, reported as it is
+            plugin.close_restore_connection()  # the server dropped it (a test terminated backends): once more, anew
+            data.restore(space.postgres, snapshot, created_by_envkit=created, allow_hosts=cfg.postgres.allow_hosts,
+                         allow_unsafe=cfg.allow_unsafe, conn=plugin.restore_connection())
     else:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool

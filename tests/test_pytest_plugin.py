@@ -198,6 +198,20 @@ def test_rollback_truncate_clone_redis_users_in_one_run(handed_over: SharedEnv, 
             assert again == seen["user_id"]  # sequences were put back too
             db_session.commit()
 
+        @pytest.mark.envkit(isolation="truncate")
+        def test_truncate_3_drops_the_plugins_connection(db_session):
+            # the plugin reseeds over one connection it keeps: a test that terminates it must not break the next
+            killed = db_session.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+            assert killed >= 1
+            add_item(db_session, "after the kill")
+            db_session.commit()
+
+        @pytest.mark.envkit(isolation="truncate")
+        def test_truncate_4(db_session):
+            assert count_items(db_session) == 0
+
         @pytest.mark.envkit(isolation="clone")
         def test_clone_1(envkit_db, db_session, envkit_env):
             assert envkit_db.postgres.database != envkit_env.postgres.database
@@ -233,7 +247,7 @@ def test_rollback_truncate_clone_redis_users_in_one_run(handed_over: SharedEnv, 
             assert bcrypt.checkpw(b"alice-pw", stored.encode())
     ''')
     result = pytester.runpytest_subprocess("-v", "-p", "no:randomly")
-    result.assert_outcomes(passed=14)
+    result.assert_outcomes(passed=16)
     assert "envkit: " in result.stdout.str() and "handed over by envkit" in result.stdout.str()
     assert shared.databases() == before  # the process's database and the clone were dropped
     assert (shared.count("items"), shared.count("users")) == (0, 2)  # the template was never written

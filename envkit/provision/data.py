@@ -83,15 +83,28 @@ def capture(pg: PostgresEndpoint) -> Snapshot:
 
 
 def restore(pg: PostgresEndpoint, snapshot: Snapshot, *, created_by_envkit: bool | None = None,
-            allow_hosts: Sequence[str] = (), allow_unsafe: bool = False, lock_timeout: str = "10s") -> None:
-    """Truncate the snapshot's tables and copy its rows and sequence positions back, in one transaction."""
-    from psycopg import errors, sql
+            allow_hosts: Sequence[str] = (), allow_unsafe: bool = False, lock_timeout: str = "10s",
+            conn: Any = None) -> None:
+    """Truncate the snapshot's tables and copy its rows and sequence positions back, in one transaction.
 
+    ``conn``: an autocommit connection to ``pg.database`` to do it on (the pytest plugin keeps one, so
+    a restore after every test does not pay a new connection and its SCRAM handshake); else one is opened.
+    """
     guard(pg, pg.database, "truncate", created_by_envkit=created_by_envkit, allow_hosts=allow_hosts,
           allow_unsafe=allow_unsafe)
     if not snapshot.tables and not snapshot.sequences:
         return
-    with connect(pg.libpq()) as conn, conn.transaction():
+    if conn is not None:
+        _restore(conn, snapshot, lock_timeout)
+        return
+    with connect(pg.libpq()) as own:
+        _restore(own, snapshot, lock_timeout)
+
+
+def _restore(conn: Any, snapshot: Snapshot, lock_timeout: str) -> None:
+    from psycopg import errors, sql
+
+    with conn.transaction():
         # a test that left a transaction open would make TRUNCATE wait forever; fail with Postgres' message instead
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout)))
         if snapshot.tables:
