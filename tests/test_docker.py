@@ -547,6 +547,17 @@ def test_broken_snapshot_falls_back_to_a_fresh_start(tmp_path: Path, client: Any
     assert "from cache" not in result.stderr
 
 
+def test_a_snapshot_that_cannot_be_saved_does_not_fail_the_run(tmp_path: Path, client: Any) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("the cache cannot live under a file\n")
+    project = Project(tmp_path / "unsaved", blocker)
+    project.root.mkdir()
+    small_app(project)
+    result = project.cli("test", "--", "-q", "-p", "no:cacheprovider", "tests")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "could not save a snapshot for the next run" in result.stderr and "2 passed" in result.stdout
+
+
 def test_own_postgres_template_without_the_wait_is_not_restored_into(project: Project, client: Any) -> None:
     """A user's postgres partial that drops envkit's entrypoint must not get data streamed into a live init."""
     builtin = (REPO / "templates" / "services" / "postgres.yml.j2").read_text()
