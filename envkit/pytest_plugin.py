@@ -547,16 +547,16 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
         cfg = plugin.envkit_config
         assert cfg is not None
         created = plugin.database_created_by_envkit(space.postgres.database)
-        conn = plugin.restore_connection()
-        try:
-            data.restore(space.postgres, snapshot, created_by_envkit=created, allow_hosts=cfg.postgres.allow_hosts,
-                         allow_unsafe=cfg.allow_unsafe, conn=conn)
-        except _connection_lost():
-            if not (conn.broken or conn.closed):
-                raise  # a lock timeout and the like: the test's own doing, reported as it is
-            plugin.close_restore_connection()  # the server dropped it (a test terminated backends): once more, anew
-            data.restore(space.postgres, snapshot, created_by_envkit=created, allow_hosts=cfg.postgres.allow_hosts,
-                         allow_unsafe=cfg.allow_unsafe, conn=plugin.restore_connection())
+        for attempt in (1, 2):
+            conn = plugin.restore_connection()
+            try:
+                data.restore(space.postgres, snapshot, created_by_envkit=created, allow_hosts=cfg.postgres.allow_hosts,
+                             allow_unsafe=cfg.allow_unsafe, conn=conn)
+                break
+            except _connection_lost():
+                if attempt == 2 or not (conn.broken or conn.closed):
+                    raise  # a lock timeout and the like: the test's own doing, reported as it is
+                plugin.close_restore_connection()  # the server dropped it (a test terminated backends): anew
     else:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import NullPool

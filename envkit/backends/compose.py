@@ -76,7 +76,7 @@ class ComposeBackend:
                 plan = dataclasses.replace(plan, entrypoints={"postgres": snapshots.waiting_entrypoint(
                     snapshot.entrypoint, config.timeout)})
             text = render(config, plan)
-            if snapshot and not _waits(config, text):
+            if snapshot and not (snapshot.builtin_template or _waits(text)):
                 log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
                             "own services/postgres.yml.j2); starting without the cached snapshot")
                 snapshot, text = None, render(config, dataclasses.replace(plan, entrypoints={}))
@@ -112,12 +112,14 @@ class ComposeBackend:
         if docker is None or image is None:  # no CLI to stream it with; an image compose has yet to pull
             return None
         pgdata = _image_env(image).get("PGDATA") or PGDATA
-        name = snapshots.entry_key(config, image, pgdata, key)
+        template, template_text = snapshots.template(config)
+        name = snapshots.entry_key(config, image, pgdata, template_text, key)
         session.resources["snapshot"] = {"entry": name, "pgdata": pgdata, "docker": docker}
         entry = cache.lookup(config, "snapshots", name)
         if entry is None:
             return None
-        return _Snapshot(entry, pgdata, docker, (image.get("Config") or {}).get("Entrypoint"))
+        return _Snapshot(entry, pgdata, docker, (image.get("Config") or {}).get("Entrypoint"),
+                         builtin_template=template is not None and template.parent.parent == render_module.builtin_templates())
 
     def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
         """Keep the freshly migrated and seeded data directory (an online backup) for the next run."""
@@ -324,12 +326,9 @@ def _image_env(image: dict[str, Any]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in (image.get("Config") or {}).get("Env") or [] if "=" in item)
 
 
-def _waits(config: Config, text: str) -> bool:
+def _waits(text: str) -> bool:
     """Whether the rendered postgres service waits for a restored snapshot (a user's own template may not)."""
-    path, _ = snapshots.template(config)
-    if path is not None and path.parent.parent == render_module.builtin_templates():
-        return True  # envkit's own: it does (and yaml's import is 30 ms)
-    import yaml
+    import yaml  # 30 ms: only asked of a user's own postgres template; envkit's own renders the wait
 
     service = (yaml.safe_load(text).get("services") or {}).get("postgres") or {}
     entrypoint = service.get("entrypoint") or []
@@ -342,6 +341,7 @@ class _Snapshot:
     pgdata: str
     docker: str
     entrypoint: list[str] | None
+    builtin_template: bool  # envkit's own services/postgres.yml.j2, which renders the waiting entrypoint
 
 
 def _postgres_probe(pg: PostgresEndpoint, facts: dict[str, str]) -> Any:

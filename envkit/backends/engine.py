@@ -115,6 +115,7 @@ class Inspector:
         self._socket = engine.url[len("unix://"):] if engine.url.startswith("unix://") else None
         self._connecting = connecting
         self._version: str | None = None
+        self._images: dict[str, dict[str, Any] | None] = {}  # asked once per run: plan, snapshot and render all need it
 
     def _get(self, path: str) -> Any:
         conn = _UnixHTTPConnection(self._socket or "")
@@ -147,6 +148,11 @@ class Inspector:
 
     def image(self, name: str) -> dict[str, Any] | None:
         """``docker image inspect``; None when the image is not here yet (compose pulls it)."""
+        if name not in self._images:
+            self._images[name] = self._inspect(name)
+        return self._images[name]
+
+    def _inspect(self, name: str) -> dict[str, Any] | None:
         if self._socket:
             try:
                 return self._get(f"/images/{quote(name, safe='')}/json")  # type: ignore[no-any-return]

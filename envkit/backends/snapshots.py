@@ -58,12 +58,12 @@ _RESTORE = ('mkdir -p "$1" && tar -xf - -C "$1" && : > ' + MARKER + ' && exit 0;
 _SAVE = 'cd "$1" && exec tar -cf - "$2"'
 
 
-def entry_key(config: Config, image: dict[str, Any], pgdata: str, key: str) -> str:
-    """The cache entry for this project's snapshot on this image."""
+def entry_key(config: Config, image: dict[str, Any], pgdata: str, template_text: str, key: str) -> str:
+    """The cache entry for this project's snapshot on this image and postgres template."""
     digest = hashlib.sha256()
     cfg = image.get("Config") or {}
     for part in (image.get("Id", ""), pgdata, json.dumps(cfg.get("Entrypoint")), initdb_args(config.postgres.image),
-                 template(config)[1]):
+                 template_text):
         digest.update(str(part).encode() + b"\0")
     return f"docker-{digest.hexdigest()[:12]}-{key}"
 
@@ -100,16 +100,19 @@ def restore(docker: str, env: dict[str, str], container: str, entry: Path, pgdat
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the container must not wait for ever
         log.warning("postgres: could not restore the cached snapshot %s (%s); starting from scratch: migrations "
                     "and seeds run as usual", entry.name, str(exc).strip().splitlines()[-1] if str(exc).strip() else exc)
-        _release(docker, env, container)
+        _release(docker, env, container, pgdata)
         return None
     if (entry / USERS).exists():
         write_private(users_file, (entry / USERS).read_text())
     return str(meta["password"])
 
 
-def _release(docker: str, env: dict[str, str], container: str) -> None:
-    result = run([docker, "exec", container, "sh", "-c", f'rm -rf "$1"/* 2>/dev/null; : > {MARKER}', "x", "/nonexistent"],
-                 env=env, check=False, timeout=60)
+def _release(docker: str, env: dict[str, str], container: str, pgdata: str) -> None:
+    """Let the image's entrypoint start afresh on an empty data directory, unless the restore already did
+    (then the entrypoint may be initialising that directory: leave it alone)."""
+    script = f'[ -e {MARKER} ] || {{ rm -rf "$1"/* 2>/dev/null; : > {MARKER}; }}'
+    result = run([docker, "exec", container, "sh", "-c", script, "envkit-release", pgdata], env=env, check=False,
+                 timeout=60)
     if result.returncode:
         log.warning("postgres: could not release the container's entrypoint: %s", result.stdout.strip())
 
