@@ -166,7 +166,8 @@ def pytest_configure(config: pytest.Config) -> None:
                    "database writes are undone: rollback (default), truncate (truncate and reseed) or clone (a fresh database)")
     plugin = _Plugin(config)
     config.stash[_PLUGIN] = plugin
-    if plugin.worker == MAIN and hasattr(config.hook, "pytest_configure_node"):
+    # pytest-cov declares pytest_configure_node as an optional hook: only xdist itself being loaded counts
+    if plugin.worker == MAIN and config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistController(plugin), "envkit-xdist")
 
 
