@@ -224,27 +224,34 @@ def env_cmd(ctx: Ctx, fmt: str, to_github: bool) -> int:
 @main.command()
 @common
 def status(ctx: Ctx) -> int:
-    """Say whether an environment is up, and what it runs. Exit 1 when none is."""
+    """Say whether an environment is up, and what it runs. Exit 1 when none is, or when part of it is gone."""
+    from . import health
+
     config = ctx.config()
     session = lifecycle.current(config)
     if session is None:
         click.echo(json.dumps({"up": False}) if ctx.opts["as_json"] else "envkit: nothing is up")
         return 1
     stale = lifecycle.outdated(config, session)
+    found = health.check(session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
             "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
             "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
-            "stale": stale}
+            "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
     if ctx.opts["as_json"]:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"{session.label}: up ({session.backend} backend)")
+        click.echo(f"{session.label}: {'up' if found.ok else 'BROKEN'} ({session.backend} backend)")
         for key in ("database_url", "redis_url"):
             if info[key]:
                 click.echo(f"  {key}: {info[key]}")
+        for gone in found.gone:
+            click.echo(f"  gone: {gone.detail}")
+        if not found.ok:
+            click.echo("  fix: envkit up --replace (or envkit down)")
         if stale:
             click.echo(f"  stale: migrated and seeded before {', '.join(stale)} changed; envkit up --replace")
-    return 0
+    return 0 if found.ok else 1
 
 
 @main.command()

@@ -228,6 +228,19 @@ def _seed(config: Config, backend: str) -> list[Check]:
     return [Check("seed", True, f"{len(users)} users into {config.seed.table}.{config.seed.password_column}")]
 
 
+def _environment(config: Config, backend: str) -> list[Check]:
+    from . import health, state
+
+    session = state.load(config)
+    if session is None or session.orphaned:
+        return [Check("environment", True, "none is up for this checkout")]
+    found = health.check(session)
+    if found.ok:
+        return [Check("environment", True, f"{session.label} is up ({session.backend}); its servers and database answer")]
+    return [Check("environment", False, f"{session.label} is broken: {'; '.join(map(str, found.gone))}",
+                  "envkit up --replace (or envkit down)", True)]
+
+
 def _module_exists(module: str, root: Path) -> bool:
     if not module:
         return False
@@ -243,4 +256,5 @@ def _rel(path: Path, root: Path) -> str:
 
 
 CHECKS: tuple[Callable[[Config, str], list[Check]], ...] = (
-    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed)
+    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed,
+    _environment)

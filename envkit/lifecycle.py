@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, progress, state
+from . import cache, diagnostics, exports, health, progress, state
 from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
@@ -241,7 +241,13 @@ def outdated(config: Config, session: Session) -> list[str]:
 
 
 def check_fresh(config: Config, session: Session) -> None:
-    """Raise :class:`StaleEnvironment` when ``session`` was built from other migrations or seeds than the checkout's."""
+    """Refuse an environment left up that cannot be used as it is.
+
+    :class:`EnvironmentGone` when a server, a container or its database is gone
+    (:mod:`envkit.health`); :class:`StaleEnvironment` when it was built from
+    other migrations or seeds than the checkout's.
+    """
+    health.require(session)
     changes = outdated(config, session)
     if changes:
         raise StaleEnvironment(session.label, changes)
