@@ -137,6 +137,7 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             stack.callback(start_watchdog(config, session))
         content = cache.contents(config) if config.postgres.enabled else {}
         session.info["contents"] = content  # an environment left up is found stale when these change
+        session.info["config_file"] = config.source  # ... of the settings it was made with (-c FILE's, maybe)
         key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
@@ -235,9 +236,28 @@ def current(config: Config) -> Session | None:
 def outdated(config: Config, session: Session) -> list[str]:
     """The migration and seed files (and settings) that changed since ``session`` was migrated and seeded."""
     before = session.info.get("contents")
+    config = made_with(config, session)
     if not before or not config.postgres.enabled:
         return []  # recorded by an older envkit, or nothing to compare
     return cache.changed(before, cache.contents(config))
+
+
+def made_with(config: Config, session: Session) -> Config:
+    """The settings ``session`` was brought up with, read again: ``envkit -c FILE up``'s when not the ones found here.
+
+    So that a command or ``pytest`` run without ``-c`` anywhere in the checkout judges the environment by the
+    files it was made from, not by another configuration's.
+    """
+    source = session.info.get("config_file")
+    if not source or source in (config.source, "defaults") or not Path(source).is_file():
+        return config
+    from .config import load
+
+    try:
+        return load(config.root, config_file=source, environ=config.environ)
+    except EnvkitError as exc:
+        log.debug("cannot read %s again (%s); judging %s by %s", source, exc, session.label, config.source)
+        return config
 
 
 def check_fresh(config: Config, session: Session) -> None:
