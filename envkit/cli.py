@@ -326,13 +326,15 @@ def init(ctx: Ctx, force: bool, pyproject: bool) -> int:
     from .scaffold import init as scaffold
 
     try:
-        result = scaffold(Path.cwd(), force=force, pyproject=pyproject)
+        result = scaffold(Path.cwd(), force=force, pyproject=pyproject, environ=os.environ)
     except FileNotFoundError as exc:
         raise EnvkitError(str(exc)) from None
     if ctx.opts["as_json"]:
-        click.echo(json.dumps({"ok": True, "actions": [dict(zip(("path", "action", "why"), a, strict=True))
-                                                       for a in result.actions]}, indent=2))
+        click.echo(json.dumps({"ok": True, "found": result.found, "actions": [dict(zip(("path", "action", "why"), a, strict=True))
+                                                                              for a in result.actions]}, indent=2))
     elif not ctx.opts["quiet"]:
+        for line in result.found:
+            click.echo(f"envkit: {line}")
         for line in result.lines():
             click.echo(f"envkit: {line}")
         click.echo("envkit: next: make test   (or envkit test; envkit doctor checks this machine)")

@@ -63,5 +63,5 @@ def test_asyncio_urls_and_the_configured_driver(tmp_path: Path) -> None:
     assert ctx(tmp_path, '[postgres]\nasync_driver = "asyncpg"\n')["postgres"]["async_url"] == pg["asyncpg_url"]
     installed = importlib.util.find_spec("asyncpg") is not None
     assert async_driver(config_with(tmp_path, "")) == ("asyncpg" if installed else "psycopg_async")
-    with pytest.raises(ConfigError, match="postgres.async_driver must be one of auto, asyncpg, psycopg, found 'asyncpq'.*'asyncpg'"):
+    with pytest.raises(ConfigError, match=r"postgres\.async_driver must be one of auto, asyncpg, psycopg, found 'asyncpq'.*'asyncpg'"):
         config_with(tmp_path, '[postgres]\nasync_driver = "asyncpq"\n')
