@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import isolation
+from . import distribution, isolation
 from .config import BACKEND_NAMES
 from .errors import EnvkitError
 
@@ -195,6 +195,9 @@ def _open(config: pytest.Config) -> _Plugin:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    clash = distribution.other_envkit()
+    if clash:
+        raise pytest.UsageError(f"envkit: {distribution.clash_message(clash)}")
     config.addinivalue_line(
         "markers", "envkit(isolation='rollback'): the test needs the envkit environment; isolation is how its "
                    "database writes are undone: rollback (default), truncate (truncate and reseed) or clone (a fresh database)")
