@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import __version__, lifecycle
+from . import __version__, distribution, lifecycle
 from . import config as config_mod
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted
 from .output import StageReporter, configure_logging
@@ -112,6 +112,10 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
 @click.version_option(__version__, prog_name="envkit")
 def main() -> None:
     """Throwaway PostgreSQL + Redis test environments: started, migrated, seeded, torn down."""
+    clash = distribution.other_envkit()
+    if clash:
+        click.echo(f"envkit: error: {distribution.clash_message(clash)}", err=True)
+        sys.exit(EXIT_ENVKIT_ERROR)
 
 
 @main.command()

