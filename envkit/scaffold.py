@@ -22,11 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import appsettings
+from . import appsettings, distribution
 from .errors import EnvkitError
 from .schema import Column, UsersSchema
-
-from . import distribution
 
 _SKIP_DIRS = {".git", ".venv", "venv", "env", "node_modules", "__pycache__", ".tox", ".nox", "build", "dist", ".envkit"}
 _PASSWORD_COLUMNS = ("password_hash", "hashed_password", "password_digest", "encrypted_password", "password")
