@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import __version__, lifecycle
+from . import __version__, distribution, lifecycle
 from . import config as config_mod
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted
 from .output import StageReporter, configure_logging
@@ -137,6 +137,10 @@ def main(**opts: Any) -> None:
 
     The options below go before the command (envkit -c ci.toml test) or after it (envkit test -c ci.toml).
     """
+    clash = distribution.other_envkit()
+    if clash:
+        click.echo(f"envkit: error: {distribution.clash_message(clash)}", err=True)
+        sys.exit(EXIT_ENVKIT_ERROR)
 
 
 @main.command()
@@ -358,13 +362,15 @@ def init(ctx: Ctx, force: bool, pyproject: bool) -> int:
     from .scaffold import init as scaffold
 
     try:
-        result = scaffold(Path.cwd(), force=force, pyproject=pyproject)
+        result = scaffold(Path.cwd(), force=force, pyproject=pyproject, environ=os.environ)
     except FileNotFoundError as exc:
         raise EnvkitError(str(exc)) from None
     if ctx.opts["as_json"]:
-        click.echo(json.dumps({"ok": True, "actions": [dict(zip(("path", "action", "why"), a, strict=True))
-                                                       for a in result.actions]}, indent=2))
+        click.echo(json.dumps({"ok": True, "found": result.found, "actions": [dict(zip(("path", "action", "why"), a, strict=True))
+                                                                              for a in result.actions]}, indent=2))
     elif not ctx.opts["quiet"]:
+        for line in result.found:
+            click.echo(f"envkit: {line}")
         for line in result.lines():
             click.echo(f"envkit: {line}")
         click.echo("envkit: next: make test   (or envkit test; envkit doctor checks this machine)")

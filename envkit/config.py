@@ -29,6 +29,7 @@ from .errors import ConfigError
 BACKEND_NAMES = ("auto", "native", "docker", "external")
 MIGRATION_KINDS = ("auto", "none", "alembic", "sql", "metadata", "command")
 DIAGNOSTICS_MODES = ("on-failure", "always", "never")
+ASYNC_DRIVERS = ("auto", "asyncpg", "psycopg")
 DEFAULT_PG_PORT = 5433
 DEFAULT_REDIS_PORT = 6380
 
@@ -48,6 +49,9 @@ class PostgresConfig:
     url: str | None = None  # external backend: an admin URL of a running server
     settings: dict[str, str] = field(default_factory=dict)  # extra server settings
     allow_hosts: list[str] = field(default_factory=list)  # non-loopback hosts envkit may write to
+    #: the asyncio driver of async_url, async_db_session, envkit_async_engine and async seed hooks;
+    #: auto: asyncpg when it is installed, else psycopg (3, async)
+    async_driver: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class SeedConfig:
     generate: dict[str, str] = field(default_factory=dict)  # column -> uuid4 | now
     bcrypt_rounds: int = 4
     sql: list[str] = field(default_factory=list)  # SQL files run after the users
-    hook: str | None = None  # "module:function" called with a SQLAlchemy connection
+    hook: str | None = None  # "module:function", sync or async: given a connection or session (envkit.provision.hook)
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,8 @@ def _validate(config: Any, source: str) -> None:
             raise ConfigError(f"{source}: migrations.kind = 'command' needs migrations.command = [...]")
     elif isinstance(config, (PostgresConfig, RedisConfig)):
         section = "postgres" if isinstance(config, PostgresConfig) else "redis"
+        if isinstance(config, PostgresConfig):
+            choice("postgres.async_driver", config.async_driver, ASYNC_DRIVERS)
         port = config.port
         if isinstance(port, str) and port != "auto" and not port.isdigit():
             raise ConfigError(f"{source}: {section}.port must be a port number, 0 or 'auto', found {port!r}")

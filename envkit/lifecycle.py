@@ -1,6 +1,6 @@
 """The lifecycle, in one place:
 
-    reap stale → start (backend) → database → ready → migrate → seed → snapshot → export
+    reap stale → start (backend) → database → ready → migrate → seed → template → snapshot → export
     … hand off (tests or any command) …
     teardown (everything registered on one ExitStack, in reverse)
 
@@ -154,8 +154,11 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             else:
                 stage("migrate", migrate, config, pg, env, detail=lambda d: d)
                 stage("seed", seed, config, pg, session.users_file, env, detail=lambda d: d)
+                stage("template", _make_template, config, pg, session, stack, detail=database.template_name(pg.database))
                 if key and hasattr(backend, "save_snapshot"):
                     stage("snapshot", backend.save_snapshot, config, session, running, key, detail="cached for next time")
+        if pg:  # a snapshot holds the template too (its key says so)
+            session.resources["template_database"] = database.template_name(pg.database)
         session.exports = env
         session.info["timings"] = timings
         session.save()
@@ -187,6 +190,16 @@ def _provision_database(config: Config, pg: Any, session: Session, stack: ExitSt
         database.prepare_schema(pg, config.migrations.schema)
 
 
+def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) -> None:
+    """The migrated and seeded database, copied into a template no test can connect to (see database.make_template)."""
+    name = database.template_name(pg.database)
+    if not pg.owned:
+        session.resources.setdefault("created_databases", []).append(name)
+        session.save()
+        stack.callback(database.drop_database, pg, name, created_by_envkit=True)
+    database.make_template(pg, name, timeout=config.timeout)
+
+
 def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str | None:
     if not config.cache or not config.postgres.enabled:
         return None
@@ -196,7 +209,7 @@ def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str 
     if kind_of(config) == "none" and not seeds and backend != "docker":
         return None  # nothing to migrate or seed: the native pristine-cluster cache is the snapshot; a container
         # image initialises its cluster on every first start, so docker keeps even an empty one
-    return cache.fingerprint(config, backend, content=content)
+    return cache.fingerprint(config, backend, "template", content=content)  # "template": it holds one
 
 
 def _describe(running: Running, session: Session) -> str:
