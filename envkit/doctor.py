@@ -229,6 +229,46 @@ def _seed(config: Config, backend: str) -> list[Check]:
     return [Check("seed", True, f"{len(users)} users into {config.seed.table}.{config.seed.password_column}")]
 
 
+def _environment(config: Config, backend: str) -> list[Check]:
+    from . import health, state
+
+    session = state.load(config)
+    if session is None or session.orphaned:
+        return [Check("environment", True, "none is up for this checkout")]
+    found = health.check(session)
+    if found.ok:
+        return [Check("environment", True, f"{session.label} is up ({session.backend}); its servers and database answer")]
+    return [Check("environment", False, f"{session.label} is broken: {'; '.join(map(str, found.gone))}",
+                  "envkit up --replace (or envkit down)", True)]
+
+
+def _seed_schema(config: Config, backend: str) -> list[Check]:
+    """The seed checked against the migrated schema: a throwaway environment is migrated and seeded, then torn down."""
+    from . import probe
+    from .provision.seed import load_users
+
+    if not config.postgres.enabled or not (config.seed.file or config.seed.users) or backend not in ("native", "docker"):
+        return []
+    try:
+        count = len(load_users(config))
+    except EnvkitError:
+        return []  # the seed check above reports it
+    fix = "fix the seed (envkit init --force rewrites one it wrote from the migrated schema)"
+    try:
+        with probe.migrated(config.root, config.environ, {"backend": backend}, seed=True):
+            pass
+    except EnvkitError as exc:
+        first = str(exc).strip().splitlines()[0]
+        if exc.stage == "seed":
+            return [Check("seed schema", False, f"the seed does not go into the migrated {config.seed.table!r}: {first}", fix, True)]
+        if exc.stage == "migrate":
+            return [Check("seed schema", False, f"the migrations fail in a throwaway database: {first}",
+                          "fix the migrations (or the [env] names they read)", True)]
+        return [Check("seed schema", False, f"not checked: no throwaway {backend} environment came up ({first})", "")]
+    return [Check("seed schema", True, f"{count} users go into {config.seed.table} (a throwaway {backend} environment, "
+                                       "migrated and seeded, then torn down)")]
+
+
 def _module_exists(module: str, root: Path) -> bool:
     if not module:
         return False
@@ -244,4 +284,5 @@ def _rel(path: Path, root: Path) -> str:
 
 
 CHECKS: tuple[Callable[[Config, str], list[Check]], ...] = (
-    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed)
+    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed,
+    _seed_schema, _environment)
