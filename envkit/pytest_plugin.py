@@ -210,6 +210,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     session.config.stash[_PLUGIN].finish_process()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Clone-isolated tests get databases prepared ahead: say how many to expect."""
+    plugin = session.config.stash.get(_PLUGIN, None)
+    if plugin is not None and plugin.workspace is not None and not session.config.option.collectonly:
+        wanted = sum(1 for item in session.items if _isolation_of(item) == "clone")
+        plugin.workspace.expect_clones(wanted)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     plugin = config.stash.get(_PLUGIN, None)
     return plugin.header() if plugin else []
@@ -504,6 +512,11 @@ def _plugin(request: pytest.FixtureRequest) -> _Plugin:
     return request.config.stash[_PLUGIN]
 
 
+def _isolation_of(node: pytest.Item) -> str | None:
+    marker = node.get_closest_marker("envkit")
+    return marker.kwargs.get("isolation", isolation.DEFAULT) if marker else None
+
+
 def _isolation(node: pytest.Item) -> str:
     marker = node.get_closest_marker("envkit")
     value = marker.kwargs.get("isolation", isolation.DEFAULT) if marker else isolation.DEFAULT
@@ -605,7 +618,7 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
                 yield EnvkitDatabase(mode, pg, engine)
         finally:
             engine.dispose()
-            space.drop(pg)
+            space.release(pg)
 
 
 @pytest.fixture

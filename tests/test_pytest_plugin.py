@@ -225,9 +225,15 @@ def test_rollback_truncate_clone_redis_users_in_one_run(handed_over: SharedEnv, 
             seen["clone"] = envkit_db.postgres.database
 
         def test_after_clone(db_session):
+            import time
             assert count_items(db_session) == 0
-            assert db_session.execute(text("SELECT count(*) FROM pg_database WHERE datname = :n"),
-                                      {"n": seen["clone"]}).scalar() == 0
+            for _ in range(200):  # dropped in the background (envkit.clones)
+                gone = db_session.execute(text("SELECT count(*) FROM pg_database WHERE datname = :n"),
+                                          {"n": seen["clone"]}).scalar() == 0
+                if gone:
+                    break
+                time.sleep(0.05)
+            assert gone
 
         @pytest.mark.envkit
         def test_marker_only():
@@ -492,3 +498,36 @@ def test_a_projects_own_fixture_names_win_and_envkits_stay_reachable(handed_over
     result = pytester.runpytest_subprocess("-p", "no:randomly")
     result.assert_outcomes(passed=3)
     assert handed_over.count("items") == 0
+
+
+def test_clone_isolation_from_the_pool(handed_over: SharedEnv, pytester: pytest.Pytester) -> None:
+    """Clones prepared ahead: each test still gets a fresh one of its own; the pool is bounded; nothing is left."""
+    shared = handed_over
+    before = shared.databases()
+    pytester.makepyfile(test_pool='''
+        import os
+        import pytest
+        from sqlalchemy import text
+        from app import add_item, count_items
+
+        pytestmark = pytest.mark.envkit(isolation="clone")
+        seen = []
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_fresh(i, db_session, envkit_db, envkit_env):
+            assert count_items(db_session) == 0  # nothing of the tests before
+            add_item(db_session, "same name every time")
+            db_session.execute(text("CREATE TABLE made_by_the_test (x int)"))
+            db_session.commit()
+            name = envkit_db.postgres.database
+            assert name not in seen and os.environ["PGDATABASE"] == name
+            seen.append(name)
+            run = envkit_env.postgres.database.rsplit("_", 1)[0] + "_"
+            alive = db_session.execute(text("SELECT count(*) FROM pg_database WHERE datname LIKE :p"),
+                                       {"p": run + "%"}).scalar()
+            assert alive <= 1 + 4 + 4 + 2  # this process's, waiting, being dropped, under way
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=12)
+    assert shared.databases() == before
+    assert (shared.count("items"), shared.count("users")) == (0, 2)
