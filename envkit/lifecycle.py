@@ -11,6 +11,7 @@ failure or a signal at any stage unwinds exactly what was started before it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import subprocess
@@ -196,6 +197,7 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
         session.resources.setdefault("created_databases", []).append(name)
         session.save()
         stack.callback(database.drop_database, pg, name, created_by_envkit=True)
+    gc.collect()  # an in-process migration's engine (Alembic's env.py) closes its pooled connections when collected
     database.make_template(pg, name, timeout=config.timeout)
 
 
