@@ -354,7 +354,7 @@ def doctor(ctx: Ctx) -> int:
         click.echo(json.dumps({"backend": backend, "checks": doctor_mod.as_dicts(checks)}, indent=2))
     else:
         click.echo(doctor_mod.render(backend, checks), nl=False)
-    return 1 if any(c.required and not c.ok for c in checks) else 0
+    return 1 if doctor_mod.failures(checks) else 0
 
 
 @main.group()

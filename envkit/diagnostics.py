@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from . import exports, wait
-from .errors import EnvkitError, Interrupted
+from .errors import BackendUnavailable, EnvkitError, Interrupted
 from .state import Session, write_private
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def write(config: Config, session: Session, backend: Backend, *, timings: Mappin
         path.mkdir(mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
     scrub = _scrubber(config, session)
-    per_service = _collect(backend, session)
+    per_service = _collect(backend, session, error)
     history = list(history)
     for name, info in per_service.items():
         info.setdefault("health", [])
@@ -206,13 +206,18 @@ def readme(summary: Mapping[str, Any]) -> str:
 
 # -- helpers ---------------------------------------------------------------------
 
-def _collect(backend: Backend, session: Session) -> dict[str, dict[str, Any]]:
+def _collect(backend: Backend, session: Session, error: BaseException | None) -> dict[str, dict[str, Any]]:
     from .backends.base import SupportsDiagnostics
 
     out: dict[str, dict[str, Any]] = {}
+    if isinstance(error, BackendUnavailable):
+        return out  # no engine to ask: the error says so already, and saying it twice more helps nobody
     if isinstance(backend, SupportsDiagnostics):
         try:
             out = {name: dict(info) for name, info in backend.diagnostics(session).items()}
+        except BackendUnavailable as exc:
+            log.warning("%s backend: the services' logs cannot be read: %s", session.backend, exc)
+            return out
         except Exception as exc:  # noqa: BLE001 - a half-dead backend: fall back to its logs
             log.warning("%s backend: diagnostics failed (%s); collecting its logs only", session.backend, exc)
     if not out:
