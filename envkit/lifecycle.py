@@ -298,14 +298,15 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
                 on_kept(env)
         else:
             if config.diagnostics == "always":
-                _diagnose(env, reporter or _log_reporter)
+                diagnose(env, reporter)
             t0 = time.perf_counter()
             env.down()
             (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
 
 
-def _diagnose(env: Environment, report: Reporter) -> None:
-    """Write the diagnostics bundle of a running environment (``--diagnostics``), before it goes down."""
+def diagnose(env: Environment, reporter: Reporter | None = None) -> None:
+    """Write the diagnostics bundle of a running environment (``--diagnostics``): after ``up``, or before it goes down."""
+    report = reporter or _log_reporter
     t0 = time.perf_counter()
     try:
         path = diagnostics.write(env.config, env.session, by_name(env.session.backend), timings=env.timings,

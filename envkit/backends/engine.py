@@ -18,9 +18,9 @@ import hashlib
 import http.client
 import ipaddress
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import socket
 from collections.abc import Mapping
