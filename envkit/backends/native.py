@@ -33,7 +33,7 @@ from ..spares import tmpfs_root
 from ..state import Session
 from ..wait import wait_for
 from .base import PostgresEndpoint, RedisEndpoint, Running
-from .binaries import Memo, PgBinaries, find_postgres, find_redis, reachable
+from .binaries import Memo, PgBinaries, find_postgres, find_redis, reachable_postgres, reachable_redis
 
 log = logging.getLogger("envkit")
 
@@ -96,8 +96,8 @@ class NativeBackend:
             redis_bin = redis_lookup.result() if redis_lookup else None
         if run_as:  # the servers' user may not reach a binary in a private folder: run a copy it can reach
             copies = binary_copies(config)
-            pg_bins = reachable(pg_bins, run_as, copies) if pg_bins else None
-            redis_bin = reachable(redis_bin, run_as, copies) if redis_bin else None
+            pg_bins = reachable_postgres(pg_bins, run_as, copies) if pg_bins else None
+            redis_bin = reachable_redis(redis_bin, run_as, copies) if redis_bin else None
         redis_req = port_request(config.redis.port, DEFAULT_REDIS_PORT)
         pg_req = port_request(config.postgres.port, DEFAULT_PG_PORT)
         redis_port = ports.resolve("redis", *redis_req) if redis_bin else 0
@@ -337,7 +337,7 @@ def run_root(config: Config, run_as: RunAs | None) -> Path:
 
 
 def binary_copies(config: Config) -> Path:
-    """Where binaries the servers' user could not reach are copied (envkit.backends.binaries.reachable)."""
+    """Where binaries the servers' user could not reach are copied (envkit.backends.binaries)."""
     return run_root(config, None) / f".envkit-binaries-{os.geteuid()}"
 
 
