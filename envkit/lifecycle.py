@@ -29,7 +29,7 @@ from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
 from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError
-from .provision import database
+from .provision import database, redis_index
 from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
 from .state import Session, write_private
@@ -140,8 +140,7 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
-        running = stage("start", backend.start, config, session, stack, key,
-                        detail=lambda r: _describe(r, session))
+        running = stage("start", _start, backend, config, session, stack, key, detail=lambda r: _describe(r, session))
         pg = running.postgres
         env = exports.build(config, running, session)
         if pg:
@@ -164,6 +163,17 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             stack.callback(dotenv_path.unlink, missing_ok=True)
         return Environment(config, session, running, env, timings, stack.pop_all())
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start(backend: Any, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+    running: Running = backend.start(config, session, stack, key)
+    if running.redis:
+        try:
+            redis_index.check(running.redis)
+        except EnvkitError as exc:
+            exc.service = "redis"
+            raise
+    return running
 
 
 def _probe(pg: Any, timeout: float) -> bool:
