@@ -43,9 +43,8 @@ def spellings(secret: str) -> set[str]:
         repr(secret)[1:-1],  # a Python repr in a message
     }
     out = set(base)
-    for form in base:  # each of those inside a JSON or YAML double-quoted string (render.q, environment.json)
-        out.add(json.dumps(form)[1:-1])
-        out.add(json.dumps(form, ensure_ascii=False)[1:-1])
+    for _ in range(2):  # inside a JSON or YAML double-quoted string (render.q, environment.json), and JSON in JSON
+        out |= {json.dumps(f, ensure_ascii=a)[1:-1] for f in list(out) for a in (True, False)}
     return {f for f in out if len(f) >= MIN_LENGTH}
 
 
