@@ -47,7 +47,7 @@ _SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
 
 #: The service a stage works on, for errors that do not name one themselves.
 _STAGE_SERVICE = {"database": "postgres", "ready": "postgres", "migrate": "postgres", "seed": "postgres",
-                  "snapshot": "postgres"}
+                  "template": "postgres", "snapshot": "postgres"}
 
 
 def service_of(error: BaseException) -> str | None:

