@@ -6,12 +6,15 @@ would otherwise pass, and every client of the tests fail on ``SELECT``.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..backends.base import RedisEndpoint
+
+log = logging.getLogger("envkit")
 
 
 def check(endpoint: RedisEndpoint, where: str = "redis.db") -> None:
@@ -30,6 +33,9 @@ def check(endpoint: RedisEndpoint, where: str = "redis.db") -> None:
             return  # CONFIG GET is refused (a managed Redis) and SELECT succeeds: the index exists
         except redis.ResponseError:
             pass
+    except (redis.ConnectionError, redis.TimeoutError, redis.AuthenticationError) as exc:
+        log.debug("redis: could not check index %d on %s:%d: %s", endpoint.db, endpoint.host, endpoint.port, exc)
+        return  # only a server's own "no such index" is a verdict; the backend vouched for its readiness
     finally:
         client.close()
     have = f"has {count} databases (0 to {count - 1})" if count else "refuses that index"
