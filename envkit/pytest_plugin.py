@@ -83,6 +83,7 @@ class EnvkitEnv:
     redis_prefix: str  # "" unless xdist workers share one Redis index (the external backend)
     exports: Mapping[str, str] = field(repr=False)  # every exported variable, as this process's os.environ has it
     users_file: Path = Path()
+    async_driver: str = "psycopg_async"  # postgres.async_driver, resolved: asyncpg or psycopg_async
 
     @property
     def database_url(self) -> str | None:
@@ -91,7 +92,8 @@ class EnvkitEnv:
 
     @property
     def async_database_url(self) -> str | None:
-        return self.postgres.url("psycopg_async") if self.postgres else None
+        """SQLAlchemy asyncio URL of this process's database, on ``postgres.async_driver``."""
+        return self.postgres.url(self.async_driver) if self.postgres else None
 
     @property
     def redis_url(self) -> str | None:
@@ -109,6 +111,7 @@ class EnvkitDatabase:
     isolation: str  # rollback, truncate or clone
     postgres: PostgresEndpoint
     engine: Engine
+    async_driver: str = "psycopg_async"
 
     @property
     def url(self) -> str:
@@ -116,7 +119,7 @@ class EnvkitDatabase:
 
     @property
     def async_url(self) -> str:
-        return self.postgres.url("psycopg_async")
+        return self.postgres.url(self.async_driver)
 
 
 class SeededUsers(list):  # type: ignore[type-arg]
@@ -359,7 +362,14 @@ class _Plugin:
         return EnvkitEnv(
             name=self.session.label, backend=self.session.backend, worker=self.worker, postgres=space.postgres,
             template_database=space.template.database if space.template else None, redis=space.redis,
-            redis_prefix=space.redis_prefix, exports=dict(space.exports), users_file=self.session.users_file)
+            redis_prefix=space.redis_prefix, exports=dict(space.exports), users_file=self.session.users_file,
+            async_driver=self.async_driver())
+
+    def async_driver(self) -> str:
+        from .exports import async_driver
+
+        assert self.envkit_config is not None
+        return async_driver(self.envkit_config)
 
     def snapshot(self) -> Snapshot:
         """The rows of this process's database before any truncate-isolated test wrote: what reseeding restores."""
@@ -585,12 +595,12 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
     assert space.postgres is not None
     mode = _isolation(request.node)
     if mode == "rollback":
-        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"))
+        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"), envkit_env.async_driver)
     elif mode == "truncate":
         from .provision import data
 
         snapshot = plugin.snapshot()
-        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"))
+        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"), envkit_env.async_driver)
         cfg = plugin.envkit_config
         assert cfg is not None
         created = plugin.database_created_by_envkit(space.postgres.database)
@@ -615,7 +625,7 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
         engine = create_engine(pg.url(), poolclass=NullPool)
         try:
             with _environ({"DATABASE_URL": pg.url(), "PGDATABASE": pg.database}):
-                yield EnvkitDatabase(mode, pg, engine)
+                yield EnvkitDatabase(mode, pg, engine, envkit_env.async_driver)
         finally:
             engine.dispose()
             space.release(pg)
@@ -647,9 +657,18 @@ def envkit_db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase)
         session.close()
 
 
+def _async_engine(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> AsyncEngine:
+    """An AsyncEngine on the test's database, on ``postgres.async_driver`` (asyncpg or psycopg)."""
+    try:
+        return _plugin(request).async_engine(envkit_db.async_url)
+    except ModuleNotFoundError as exc:
+        pytest.fail(f"envkit: the async driver {envkit_db.async_driver} is not installed ({exc}): pip install asyncpg, "
+                    "or set postgres.async_driver = \"psycopg\" in the envkit config", pytrace=False)
+
+
 async def _async_db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> AsyncIterator[AsyncSession]:
-    """An asyncio SQLAlchemy session (psycopg 3 async); undone after the test like ``db_session``."""
-    engine = _plugin(request).async_engine(envkit_db.async_url)
+    """An asyncio SQLAlchemy session on ``postgres.async_driver``; undone after the test like ``db_session``."""
+    engine = _async_engine(request, envkit_db)
     if envkit_db.isolation == "rollback":
         async with isolation.async_rollback_session(engine) as session:
             yield session
@@ -658,6 +677,15 @@ async def _async_db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDat
 
         async with AsyncSession(bind=engine) as session:
             yield session
+
+
+@pytest.fixture
+def envkit_async_engine(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> AsyncEngine:
+    """An AsyncEngine on the test's database (``postgres.async_driver``), for an app that takes an engine.
+
+    Its commits are real: use it with truncate or clone isolation, or ``async_db_session`` for rollback.
+    """
+    return _async_engine(request, envkit_db)
 
 
 try:
