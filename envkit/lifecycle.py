@@ -129,6 +129,9 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         _preimport("jinja2")
     reap_stale(config)
     backend = select_backend(config)
+    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
+        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
+                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with ExitStack() as stack, diagnostics.capture(config, session, backend, timings, report):
