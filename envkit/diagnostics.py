@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from . import exports, wait
-from .errors import EnvkitError, Interrupted
+from . import exports, signals, wait
+from .errors import EnvkitError
 from .state import Session, write_private
 
 if TYPE_CHECKING:
@@ -73,10 +73,8 @@ def capture(config: Config, session: Session, backend: Backend, timings: dict[st
     with wait.recording() as history:
         try:
             yield
-        except Interrupted:
-            raise  # the user stopped envkit: tear down quickly, explain nothing
-        except Exception as exc:
-            if config.diagnostics != "never":
+        except Exception as exc:  # not Interrupted (no Exception): the user stopped envkit, tear down quickly
+            if config.diagnostics != "never" and not signals.received():  # an error the signal caused explains nothing
                 t0 = time.perf_counter()
                 try:
                     path = write(config, session, backend, timings=timings, history=history, error=exc)
