@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -249,6 +250,7 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
         session.resources.setdefault("created_databases", []).append(name)
         session.save()
         stack.callback(database.drop_database, pg, name, created_by_envkit=True)
+    gc.collect()  # an in-process migration's engine (Alembic's env.py) closes its pooled connections when collected
     database.make_template(pg, name, timeout=config.timeout)
 
 
