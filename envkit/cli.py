@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import __version__, distribution, lifecycle
+from . import __version__, distribution, lifecycle, redact
 from . import config as config_mod
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted
 from .output import StageReporter, configure_logging
@@ -67,21 +67,42 @@ class Ctx:
                 click.echo(f"envkit: could not write the GitHub Actions summary or outputs: {exc}", err=True)
 
 
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command takes, before the command's name (``envkit -c FILE test``) or after it."""
+    for option in reversed((
+        click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+                     help="envkit.toml or pyproject.toml to take the settings from (the project directory stays the "
+                          "one found from here)."),
+        click.option("-b", "--backend", type=click.Choice(config_mod.BACKEND_NAMES), help="How services run [default: auto]."),
+        click.option("--timeout", type=float, help="Seconds to wait for each service [default: 30]."),
+        click.option("--no-cache", is_flag=True, help="Do not use or fill the cluster and snapshot caches."),
+        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option("-v", "--verbose", count=True, help="More detail (-vv: debug)."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON document for machines."),
+        click.option("--diagnostics", is_flag=True, help="Write the diagnostics bundle even when nothing fails."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+OPTION_NAMES = ("config_file", "backend", "timeout", "no_cache", "quiet", "verbose", "as_json", "diagnostics")
+
+
+def _merged(after: dict[str, Any]) -> dict[str, Any]:
+    """The command's options over the ones given before its name; -v counts both."""
+    before = click.get_current_context().find_root().params
+    opts = {k: after[k] if after[k] not in (None, False, 0) else before.get(k, after[k]) for k in OPTION_NAMES}
+    opts["verbose"] = after["verbose"] + (before.get("verbose") or 0)
+    return opts
+
+
 def common(fn: Callable[..., int | None]) -> Callable[..., None]:
     """Options every command takes, and the error → exit-code mapping."""
 
-    @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help="envkit.toml or pyproject.toml to use.")
-    @click.option("-b", "--backend", type=click.Choice(config_mod.BACKEND_NAMES), help="How services run [default: auto].")
-    @click.option("--timeout", type=float, help="Seconds to wait for each service [default: 30].")
-    @click.option("--no-cache", is_flag=True, help="Do not use or fill the cluster and snapshot caches.")
-    @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
-    @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
-    @click.option("--json", "as_json", is_flag=True, help="Print a JSON document for machines.")
-    @click.option("--diagnostics", is_flag=True, help="Write the diagnostics bundle even when nothing fails.")
+    @_options
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> None:
-        opts = {k: kwargs.pop(k) for k in ("config_file", "backend", "timeout", "no_cache", "quiet", "verbose", "as_json",
-                                           "diagnostics")}
+        opts = _merged({k: kwargs.pop(k) for k in OPTION_NAMES})
         configure_logging(-1 if opts["quiet"] else opts["verbose"])
         ctx = Ctx(**opts)
         lifecycle.install_signal_handlers()
@@ -95,11 +116,16 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
         except EnvkitError as exc:
             ctx.reporter.close()
             where = f" [{exc.stage}]" if exc.stage else ""
+            # a server's log or a command's output in the message may hold a password
+            message = redact.for_run(ctx.loaded, ctx.up_env.session if ctx.up_env else None)(str(exc))
             if opts["as_json"]:
-                click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": str(exc)}))
-            click.echo(f"envkit: error{where}: {exc}", err=True)
+                click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": message}))
+            click.echo(f"envkit: error{where}: {message}", err=True)
             if exc.diagnostics:
                 click.echo(f"envkit: diagnostics: {exc.diagnostics}", err=True)
+                kept = exc.diagnostics / "services" / f"{exc.service}.log"
+                if exc.service and kept.is_file():  # the run's own log went with teardown: this copy stays
+                    click.echo(f"envkit: {exc.service} log: {kept}", err=True)
             code, error = EXIT_ENVKIT_ERROR, exc
         ctx.reporter.close()
         ctx.finish(fn.__name__.removesuffix("_cmd"), code, error)
@@ -110,8 +136,12 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="envkit")
-def main() -> None:
-    """Throwaway PostgreSQL + Redis test environments: started, migrated, seeded, torn down."""
+@_options
+def main(**opts: Any) -> None:
+    """Throwaway PostgreSQL + Redis test environments: started, migrated, seeded, torn down.
+
+    The options below go before the command (envkit -c ci.toml test) or after it (envkit test -c ci.toml).
+    """
     clash = distribution.other_envkit()
     if clash:
         click.echo(f"envkit: error: {distribution.clash_message(clash)}", err=True)
@@ -137,6 +167,8 @@ def up(ctx: Ctx, replace: bool) -> int:
         )
     env = lifecycle.up(config, reporter=ctx.reporter)
     env.detach()
+    if config.diagnostics == "always":
+        lifecycle.diagnose(env, ctx.reporter)
     ctx.on_up(env)
     _print_connection(ctx, env.exports, env.session.backend)
     return 0
@@ -228,27 +260,34 @@ def env_cmd(ctx: Ctx, fmt: str, to_github: bool) -> int:
 @main.command()
 @common
 def status(ctx: Ctx) -> int:
-    """Say whether an environment is up, and what it runs. Exit 1 when none is."""
+    """Say whether an environment is up, and what it runs. Exit 1 when none is, or when part of it is gone."""
+    from . import health
+
     config = ctx.config()
     session = lifecycle.current(config)
     if session is None:
         click.echo(json.dumps({"up": False}) if ctx.opts["as_json"] else "envkit: nothing is up")
         return 1
     stale = lifecycle.outdated(config, session)
+    found = health.check(session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
             "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
-            "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
-            "stale": stale}
+            "database_url": redact.url(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
+            "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
     if ctx.opts["as_json"]:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"{session.label}: up ({session.backend} backend)")
+        click.echo(f"{session.label}: {'up' if found.ok else 'BROKEN'} ({session.backend} backend)")
         for key in ("database_url", "redis_url"):
             if info[key]:
                 click.echo(f"  {key}: {info[key]}")
+        for gone in found.gone:
+            click.echo(f"  gone: {gone.detail}")
+        if not found.ok:
+            click.echo("  fix: envkit up --replace (or envkit down)")
         if stale:
             click.echo(f"  stale: migrated and seeded before {', '.join(stale)} changed; envkit up --replace")
-    return 0
+    return 0 if found.ok else 1
 
 
 @main.command()
@@ -360,7 +399,7 @@ def doctor(ctx: Ctx) -> int:
         click.echo(json.dumps({"backend": backend, "checks": doctor_mod.as_dicts(checks)}, indent=2))
     else:
         click.echo(doctor_mod.render(backend, checks), nl=False)
-    return 1 if any(c.required and not c.ok for c in checks) else 0
+    return 1 if doctor_mod.failures(checks) else 0
 
 
 @main.group()
@@ -411,26 +450,17 @@ def _diagnose_current(ctx: Ctx, config: config_mod.Config) -> None:
         click.echo(f"envkit: diagnostics: {path}", err=True)
 
 
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
 def _print_connection(ctx: Ctx, exports: dict[str, str], backend: str) -> None:
     if ctx.opts["as_json"]:
         click.echo(ctx.reporter.summary(ok=True, backend=backend,
-                                        exports={k: (_redact(v) if "URL" in k else "***" if "PASSWORD" in k else v)
+                                        exports={k: (redact.url(v) if "URL" in k else "***" if "PASSWORD" in k else v)
                                                  for k, v in exports.items()}))
         return
     if ctx.opts["quiet"]:
         return
     for key in ("DATABASE_URL", "REDIS_URL"):
         if key in exports:
-            click.echo(f"  {key}={_redact(exports[key])}", err=True)
+            click.echo(f"  {key}={redact.url(exports[key])}", err=True)
     click.echo('  connect: eval "$(envkit env)"   tear down: envkit down', err=True)
 
 

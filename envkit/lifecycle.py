@@ -11,6 +11,7 @@ failure or a signal at any stage unwinds exactly what was started before it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import subprocess
@@ -23,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, progress, state
+from . import cache, diagnostics, exports, health, progress, state
 from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
 from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError
-from .provision import database
+from .provision import database, redis_index
 from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
 from .state import Session, write_private
@@ -137,11 +138,11 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             stack.callback(start_watchdog(config, session))
         content = cache.contents(config) if config.postgres.enabled else {}
         session.info["contents"] = content  # an environment left up is found stale when these change
+        session.info["config_file"] = config.source  # ... of the settings it was made with (-c FILE's, maybe)
         key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
-        running = stage("start", backend.start, config, session, stack, key,
-                        detail=lambda r: _describe(r, session))
+        running = stage("start", _start, backend, config, session, stack, key, detail=lambda r: _describe(r, session))
         pg = running.postgres
         env = exports.build(config, running, session)
         if pg:
@@ -167,6 +168,17 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             stack.callback(dotenv_path.unlink, missing_ok=True)
         return Environment(config, session, running, env, timings, stack.pop_all())
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start(backend: Any, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+    running: Running = backend.start(config, session, stack, key)
+    if running.redis:
+        try:
+            redis_index.check(running.redis)
+        except EnvkitError as exc:
+            exc.service = "redis"
+            raise
+    return running
 
 
 def _probe(pg: Any, timeout: float) -> bool:
@@ -196,6 +208,7 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
         session.resources.setdefault("created_databases", []).append(name)
         session.save()
         stack.callback(database.drop_database, pg, name, created_by_envkit=True)
+    gc.collect()  # an in-process migration's engine (Alembic's env.py) closes its pooled connections when collected
     database.make_template(pg, name, timeout=config.timeout)
 
 
@@ -248,13 +261,38 @@ def current(config: Config) -> Session | None:
 def outdated(config: Config, session: Session) -> list[str]:
     """The migration and seed files (and settings) that changed since ``session`` was migrated and seeded."""
     before = session.info.get("contents")
+    config = made_with(config, session)
     if not before or not config.postgres.enabled:
         return []  # recorded by an older envkit, or nothing to compare
     return cache.changed(before, cache.contents(config))
 
 
+def made_with(config: Config, session: Session) -> Config:
+    """The settings ``session`` was brought up with, read again: ``envkit -c FILE up``'s when not the ones found here.
+
+    So that a command or ``pytest`` run without ``-c`` anywhere in the checkout judges the environment by the
+    files it was made from, not by another configuration's.
+    """
+    source = session.info.get("config_file")
+    if not source or source in (config.source, "defaults") or not Path(source).is_file():
+        return config
+    from .config import load
+
+    try:
+        return load(config.root, config_file=source, environ=config.environ)
+    except EnvkitError as exc:
+        log.debug("cannot read %s again (%s); judging %s by %s", source, exc, session.label, config.source)
+        return config
+
+
 def check_fresh(config: Config, session: Session) -> None:
-    """Raise :class:`StaleEnvironment` when ``session`` was built from other migrations or seeds than the checkout's."""
+    """Refuse an environment left up that cannot be used as it is.
+
+    :class:`EnvironmentGone` when a server, a container or its database is gone
+    (:mod:`envkit.health`); :class:`StaleEnvironment` when it was built from
+    other migrations or seeds than the checkout's.
+    """
+    health.require(session)
     changes = outdated(config, session)
     if changes:
         raise StaleEnvironment(session.label, changes)
@@ -311,14 +349,15 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
                 on_kept(env)
         else:
             if config.diagnostics == "always":
-                _diagnose(env, reporter or _log_reporter)
+                diagnose(env, reporter)
             t0 = time.perf_counter()
             env.down()
             (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
 
 
-def _diagnose(env: Environment, report: Reporter) -> None:
-    """Write the diagnostics bundle of a running environment (``--diagnostics``), before it goes down."""
+def diagnose(env: Environment, reporter: Reporter | None = None) -> None:
+    """Write the diagnostics bundle of a running environment (``--diagnostics``): after ``up``, or before it goes down."""
+    report = reporter or _log_reporter
     t0 = time.perf_counter()
     try:
         path = diagnostics.write(env.config, env.session, by_name(env.session.backend), timings=env.timings,

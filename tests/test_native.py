@@ -414,3 +414,16 @@ def test_binaries_answer_once_until_they_change(tmp_path: Path) -> None:
     assert find_redis(str(server), {}, Memo(memo_file)).version == "7.4.1"
     assert calls.read_text().count("x") == 2
     assert find_redis(str(server), {}, Memo(None)).version == "7.4.1" and calls.read_text().count("x") == 3
+
+
+def test_the_role_encoding_and_collation_are_what_the_readme_says(project: Project) -> None:
+    """README, Troubleshooting: the app's role has every attribute (as the Docker image's superuser), UTF8 and C."""
+    project.configure("[redis]\nenabled = false\n")
+    with envkit.environment(project.load(backend="native")) as env:
+        assert "REDIS_URL" not in env.exports  # redis.enabled = false: a PostgreSQL-only project
+        with psycopg.connect(env.running.postgres.libpq()) as conn:  # type: ignore[union-attr]
+            role = conn.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
+                                "WHERE rolname = current_user").fetchone()
+            assert role == (True, True, True, True, True)
+            assert conn.execute("SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                                "WHERE datname = current_database()").fetchone() == ("UTF8", "C", "C")
