@@ -22,6 +22,7 @@ from projects import USERS_TABLE, alembic_project
 import envkit
 from envkit.backends.binaries import find_postgres, find_redis
 from envkit.errors import EXIT_ENVKIT_ERROR
+from envkit.proc import alive
 
 pytestmark = pytest.mark.native
 
@@ -347,11 +348,13 @@ def test_sigkill_of_envkit_is_cleaned_up_by_the_next_down(project: Project) -> N
     proc.wait(10)
     proc.stdout.close()  # type: ignore[union-attr]
     proc.stderr.close()  # type: ignore[union-attr]
-    # the pytest child and the servers outlive a SIGKILLed envkit; stop the child ourselves
-    subprocess.run(["pkill", "-f", str(project.root / "tests")], check=False)
+    # the pytest child and the servers outlive a SIGKILLed envkit: the next `down` ends them all
     assert (project.root / ".envkit" / "state.json").exists()
+    child = json.loads((project.root / ".envkit" / "state.json").read_text())["resources"]["child"]["pid"]
+    assert alive(child)
     down = project.cli("down", check=True)
     assert "torn down" in down.stderr
+    assert wait_until(lambda: not alive(child), 10), "the tests of the killed envkit still run"
     assert wait_until(lambda: processes_of(project.root) <= procs_before, 10)
 
 
