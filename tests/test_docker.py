@@ -218,6 +218,34 @@ def test_two_checkouts_in_parallel_and_one_killed(tmp_path: Path, shared_cache: 
             p.cli("down")
 
 
+def test_four_checkouts_on_default_ports_at_once_all_come_up(tmp_path: Path, shared_cache: Path, client: Any) -> None:
+    """Default ports (5433, 6380), four `up` at once: Docker's port race is retried on another free port."""
+    projects = [docker_config(Project(tmp_path / f"d{i}", shared_cache), "[postgres]\n[redis]\n") for i in range(4)]
+    for p in projects:
+        assert "port" not in (p.root / "envkit.toml").read_text()
+    procs = [p.popen("up") for p in projects]
+    try:
+        results = [(proc.wait(180), proc.communicate()[1]) for proc in procs]
+        for code, err in results:
+            assert code == 0, err
+        sessions = [session_of(p) for p in projects]
+        pg_ports = {s["exports"]["PGPORT"] for s in sessions}
+        redis_urls = {s["exports"]["REDIS_URL"] for s in sessions}
+        assert len(pg_ports) == 4 and len(redis_urls) == 4
+        for s in sessions:
+            with psycopg.connect(s["exports"]["DATABASE_URL"].replace("+psycopg", ""), connect_timeout=5) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+            assert redis.Redis.from_url(s["exports"]["REDIS_URL"]).ping()
+            found = labelled(client, s["name"] + "-" + s["id"])
+            assert len(found["containers"]) == 2 and len(found["networks"]) == 1 and not found["volumes"]
+    finally:
+        downs = [p.cli("down") for p in projects]
+    for result in downs:
+        assert result.returncode == 0, result.stderr
+    assert not ours(client, str(tmp_path)), "containers, networks or volumes were left"
+    assert not any((p.root / ".envkit" / "state.json").exists() for p in projects)
+
+
 def test_compose_project_name_in_env_and_dotenv_cannot_redirect(project: Project, client: Any) -> None:
     docker_config(project)
     project.write(".env", "COMPOSE_PROJECT_NAME=victim\nCOMPOSE_FILE=victim.yml\n")

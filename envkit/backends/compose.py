@@ -40,6 +40,7 @@ from .native import ping_redis
 log = logging.getLogger("envkit")
 
 COMPOSE_FILE = "docker-compose.test.yml"  # in the state directory
+_PORT_RETRIES = 5  # a port taken between envkit's check and Docker's bind: move it, this many times at most
 _STOP_TIMEOUT = "1"  # seconds compose gives a container to stop: the data is thrown away anyway
 _PORT_ERROR = re.compile(r"(?:Bind for \S*?:(\d+) failed|listen tcp\d? \S*?:(\d+): bind: address already in use)")
 
@@ -71,7 +72,7 @@ class ComposeBackend:
             password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
             docs = engine.Inspector(where, connecting)
             snapshot = self._find_snapshot(config, session, docs, key)
-            plan = self._plan(config, session, where, docs, password)
+            plan, movable = self._plan(config, session, where, docs, password)
             if snapshot:
                 plan = dataclasses.replace(plan, entrypoints={"postgres": snapshots.waiting_entrypoint(
                     snapshot.entrypoint, config.timeout)})
@@ -79,11 +80,13 @@ class ComposeBackend:
             if snapshot and not (snapshot.builtin_template or _waits(text)):
                 log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
                             "own services/postgres.yml.j2); starting without the cached snapshot")
-                snapshot, text = None, render(config, dataclasses.replace(plan, entrypoints={}))
+                snapshot, plan = None, dataclasses.replace(plan, entrypoints={})
+                text = render(config, plan)
             write_private(compose_file, text)
             for service in _services(config, user):
                 progress.note(service, "starting container")
-            self._up(session, connecting, engine.compose_env(config.environ))
+            self._up(session, connecting, engine.compose_env(config.environ),
+                     _Mover(config, plan, movable, where, compose_file))
             client = connecting.result()
         finally:
             pool.shutdown(wait=False)
@@ -140,10 +143,14 @@ class ComposeBackend:
             return
         log.debug("postgres: snapshot %s saved in %.2f s", where["entry"], time.perf_counter() - t0)
 
-    def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector, password: str) -> Plan:
+    def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector,
+              password: str) -> tuple[Plan, set[str]]:
+        """The plan, and the services whose host port envkit chose (not pinned): those may move if it is taken."""
         taken: set[int] = set()
         plan_ports: dict[str, dict[int, int | None]] = {}
         tmpfs: dict[str, list[str]] = {}
+        movable = {name for name, value in (("postgres", config.postgres.port), ("redis", config.redis.port))
+                   if not port_request(value, 0)[1]}
         if config.postgres.enabled:
             plan_ports["postgres"] = {PG_CONTAINER_PORT: _host_port("postgres", config.postgres.port, DEFAULT_PG_PORT,
                                                                     where, taken)}
@@ -160,9 +167,9 @@ class ComposeBackend:
         health = Health(interval="1s" if modern else "250ms", start_interval="100ms" if modern else None,
                         start_period=f"{max(int(config.timeout), 1)}s")
         return Plan(labels=reaper.labels(config, session), password=password, bind=where.bind, ports=plan_ports,
-                    tmpfs=tmpfs, health=health, image_volumes=lambda image: _image_paths(docs, image)[1] or [])
+                    tmpfs=tmpfs, health=health, image_volumes=lambda image: _image_paths(docs, image)[1] or []), movable
 
-    def _up(self, session: Session, connecting: Future[Any], environ: dict[str, str]) -> None:
+    def _up(self, session: Session, connecting: Future[Any], environ: dict[str, str], mover: _Mover) -> None:
         res = session.resources["compose"]
         # marked: a watchdog lets a `compose up` its dead owner left behind finish before tearing down
         env = {**environ, watchdog.STARTED_BY: session.label}
@@ -172,10 +179,18 @@ class ComposeBackend:
             res["cli"] = legacy
             session.save()
             result = run([*_base(res), "up", "-d"], env=env, check=False, timeout=600)
+        port = _PORT_ERROR.search(result.stdout) if result.returncode else None
+        for _ in range(_PORT_RETRIES):
+            # another run published the port between envkit's check and Docker's bind (parallel runs on the
+            # default ports): move the service to another free port; `up` recreates only the changed service
+            # (its container never started) in the same project, so nothing is left behind
+            if not port or not mover.move(int(port.group(1) or port.group(2))):
+                break
+            result = run([*_base(res), "up", "-d"], env=env, check=False, timeout=600)
+            port = _PORT_ERROR.search(result.stdout) if result.returncode else None
         if result.returncode == 0:
             return
         output = result.stdout.strip()
-        port = _PORT_ERROR.search(output)
         if port:
             number = int(port.group(1) or port.group(2))
             who = ports.holder(number) or "another process"
@@ -289,6 +304,30 @@ class ComposeBackend:
         where = session.resources.get("engine", {})
         return engine.client(engine.Engine(url=where.get("url", engine.DEFAULT_SOCKET), context=where.get("context")),
                              res.get("env", {}))
+
+
+class _Mover:
+    """Moves a service whose host port envkit chose to another free one, and renders the compose file again."""
+
+    def __init__(self, config: Config, plan: Plan, movable: set[str], where: engine.Engine, compose_file: Path) -> None:
+        self.config, self.plan, self.movable, self.where, self.compose_file = config, plan, movable, where, compose_file
+
+    def move(self, port: int) -> bool:
+        """False when no movable service asked for ``port`` (a pinned port: the error stands)."""
+        for service, mapping in self.plan.ports.items():
+            for container_port, host in mapping.items():
+                if host != port or service not in self.movable:
+                    continue
+                taken = {h for m in self.plan.ports.values() for h in m.values() if h}
+                # a remote engine's free ports cannot be seen from here: let it choose one itself
+                new = None if self.where.remote else ports.free_port(avoid=taken)
+                log.warning("%s: port %d was taken while Docker published it; retrying on %s", service, port,
+                            new or "a port the engine chooses")
+                new_ports = {**self.plan.ports, service: {**mapping, container_port: new}}
+                self.plan = dataclasses.replace(self.plan, ports=new_ports)
+                write_private(self.compose_file, render(self.config, self.plan))
+                return True
+        return False
 
 
 def _base(res: dict[str, Any]) -> list[str]:
