@@ -15,6 +15,7 @@
     │   └── UnsafeTarget             refused to touch a database envkit did not create
     ├── StateError                   the .envkit state is missing or unreadable
     │   └── StaleEnvironment         the environment left up was built from other migrations or seeds
+    ├── TeardownIncomplete           teardown could not remove everything; the state is kept to finish it
     └── Interrupted                  a signal (SIGINT, SIGTERM, SIGHUP) stopped envkit
 
 Every message says what was checked, what was found and how to fix it; the
@@ -121,6 +122,20 @@ class StaleEnvironment(StateError):
         super().__init__(
             f"the environment {label} that is up was migrated and seeded before {shown} changed; its database is "
             "stale. Run `envkit up --replace` (or `envkit down`, then `envkit up`) for a fresh one")
+
+
+class TeardownIncomplete(EnvkitError):
+    """Teardown could not remove everything the state records (an engine or server that does not answer).
+
+    The state file is kept, so that a later ``envkit down`` (or ``envkit prune``) can finish the job.
+    """
+
+    def __init__(self, label: str, what: str) -> None:
+        self.label = label
+        super().__init__(
+            f"could not finish tearing down {label}: {what}. Its record is kept in .envkit/state.json: run "
+            "`envkit down` again once that answers (or `envkit prune`); if it is gone for good, with everything it "
+            "ran, delete .envkit/state.json")
 
 
 class Interrupted(EnvkitError):

@@ -28,7 +28,7 @@ from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError
+from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete
 from .provision import database
 from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
@@ -132,7 +132,7 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with ExitStack() as stack, diagnostics.capture(config, session, backend, timings, report):
-        stack.callback(session.remove)
+        stack.push(_forget_unless_incomplete(session))
         if config.watchdog:  # tears down if this process is killed before it can (SIGKILL)
             stack.callback(start_watchdog(config, session))
         content = cache.contents(config) if config.postgres.enabled else {}
@@ -166,6 +166,22 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _forget_unless_incomplete(session: Session) -> Callable[..., bool]:
+    """The last step of a teardown: remove the state, unless the teardown before it failed (then it is the only
+    record of what is still running, for ``envkit down`` or ``prune`` to finish)."""
+
+    def forget(exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, TeardownIncomplete):
+            session.detached = False  # no owner will finish it now: later commands may (an orphan once this exits)
+            session.info["teardown_failed"] = str(exc)
+            session.save()
+        else:
+            session.remove()
+        return False
+
+    return forget
+
+
 def _probe(pg: Any, timeout: float) -> bool:
     return wait_for(lambda: database.probe(pg), service="postgres", what="connect with the app's credentials and SELECT 1",
                     timeout=timeout)
@@ -181,7 +197,7 @@ def _provision_database(config: Config, pg: Any, session: Session, stack: ExitSt
         database.create_database(pg, pg.database, exist_ok=False)
         session.resources.setdefault("created_databases", []).append(pg.database)
         session.save()
-        stack.callback(database.drop_database, pg, pg.database, created_by_envkit=True)
+        stack.callback(database.drop_database, pg, pg.database)  # the guard: this process created it
     if config.migrations.schema:
         database.prepare_schema(pg, config.migrations.schema)
 
@@ -261,9 +277,18 @@ def reap_stale(config: Config) -> bool:
 
 
 def teardown_session(config: Config, session: Session) -> None:
-    """Tear down a recorded environment from any process; idempotent."""
+    """Tear down a recorded environment from any process; idempotent.
+
+    The record is removed only once teardown succeeded: a :class:`TeardownIncomplete` keeps it (noting why),
+    so that a later ``envkit down`` or ``envkit prune`` can finish.
+    """
     with deferred_signals():
-        by_name(session.backend).teardown(session)
+        try:
+            by_name(session.backend).teardown(session)
+        except TeardownIncomplete as exc:
+            session.info["teardown_failed"] = str(exc)
+            session.save()
+            raise
         if config.dotenv:
             config.path(config.dotenv).unlink(missing_ok=True)
         session.remove()

@@ -189,7 +189,7 @@ def sweep(config: Config, session: Session, run: str) -> list[str]:
     template, redis = endpoints(session)
     dropped = []
     if template:
-        dropped = database.drop_derived(template, derived_name(template.database, run) + "_")
+        dropped = database.drop_derived(template, template.database, derived_name(template.database, run) + "_")
     if redis:
         import redis as redis_mod
 

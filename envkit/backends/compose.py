@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from .. import cache, ports, progress, watchdog
 from .. import render as render_module
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, Interrupted, PortInUse, ServiceFailed
+from ..errors import BackendUnavailable, Interrupted, PortInUse, ServiceFailed, TeardownIncomplete
 from ..exports import render as render_exports
 from ..proc import run
 from ..render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
@@ -261,16 +261,25 @@ class ComposeBackend:
             return
         with ThreadPoolExecutor(1) as pool:
             connecting = pool.submit(self._client, session)  # imported while compose works
+            composed = None  # compose down's failure, if it ran and failed
             if Path(res["file"]).exists():
                 result = run([*_base(res), "down", "-v", "--remove-orphans", "-t", _STOP_TIMEOUT],
                              env=engine.compose_env(res["env"]), check=False, timeout=300)
                 if result.returncode != 0:
-                    log.warning("docker compose down for %s failed (exit %d): %s", res["project"], result.returncode,
-                                result.stdout.strip()[-500:])
+                    composed = f"docker compose down failed (exit {result.returncode}): {result.stdout.strip()[-500:]}"
+                    log.warning("%s: %s", res["project"], composed)
             try:
-                reaper.remove_session(connecting.result(), session.label)
+                client = connecting.result()
             except BackendUnavailable as exc:
-                log.warning("cannot reach the Docker engine to finish tearing down %s: %s", session.label, exc)
+                if composed is None and Path(res["file"]).exists():
+                    log.warning("cannot reach the Docker engine to finish tearing down %s: %s", session.label, exc)
+                    return  # compose removed the project a moment ago; only the label sweep is missing
+                raise TeardownIncomplete(session.label, str(exc)) from None
+            reaper.remove_session(client, session.label)
+            left = {kind: [getattr(item, "name", None) or item.short_id for item in items]
+                    for kind, items in reaper.resources(client, reaper.SESSION, session.label).items() if items}
+            if left:
+                raise TeardownIncomplete(session.label, f"these Docker resources are still there: {left}")
 
     # -- logs and diagnostics ----------------------------------------------
     def logs(self, session: Session, service: str | None = None) -> dict[str, str]:

@@ -9,7 +9,8 @@ answer, then works only inside what it is given:
   creates a fresh database named ``<database>_<session id>`` on that server
   (the lifecycle does, and never adopts one that exists), hands tests that
   database, and at teardown drops it and the databases derived from it
-  (``<that name>_…``: the pytest plugin's per-process copies), nothing else.
+  (``<that name>_…``: the pytest plugin's per-process copies), each only if it
+  carries the mark envkit set when it created it, nothing else.
 * Redis: ``redis.url`` (``ENVKIT_REDIS_URL``), or ``REDIS_URL``. The index in
   the URL's path, else ``redis.db``, is the one envkit may use: it is flushed at
   teardown, and no other index is touched. Without a URL, envkit runs without
@@ -27,7 +28,7 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from ..config import Config
-from ..errors import BackendUnavailable, ConfigError, ServiceFailed
+from ..errors import BackendUnavailable, ConfigError, ServiceFailed, TeardownIncomplete, UnsafeTarget
 from ..provision import database
 from ..state import Session
 from ..wait import wait_for
@@ -81,22 +82,44 @@ class ExternalBackend:
         return running
 
     def teardown(self, session: Session) -> None:
-        """Drop the databases envkit created (and their derived copies); flush the one Redis index it used."""
+        """Drop the databases envkit created (and their derived copies); flush the one Redis index it used.
+
+        Everything is attempted; then a refused drop raises UnsafeTarget, and a server that did not answer
+        raises TeardownIncomplete (the state is kept, for a later ``envkit down``).
+        """
+        import psycopg
+
+        failed: list[str] = []
+        refused: list[UnsafeTarget] = []
         admin_url = session.resources.get("admin_url")
         if admin_url:
+            admin = admin_endpoint(admin_url)
             for name in session.resources.get("created_databases", []):
                 try:
-                    admin = admin_endpoint(admin_url)
-                    database.drop_database(admin, name, created_by_envkit=True)
-                    database.drop_derived(admin, f"{name}_")
-                except Exception as exc:  # noqa: BLE001 - teardown goes on; the server may be gone with the CI job
-                    log.warning("postgres: could not drop database %s: %s", name, exc)
+                    database.drop_recorded(admin, name)
+                except UnsafeTarget as exc:
+                    refused.append(exc)
+                    continue
+                except psycopg.Error as exc:
+                    failed.append(f"postgres at {admin.host}:{admin.port} could not drop {name} "
+                                  f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__})")
+                    continue
+                try:
+                    database.drop_derived(admin, name, f"{name}_")
+                except psycopg.Error as exc:
+                    failed.append(f"postgres at {admin.host}:{admin.port} could not drop the copies of {name} ({exc})")
         info = session.resources.get("redis")
         if info:
+            import redis
+
             try:
                 _flushdb(info)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("redis: could not flush db %s on %s:%s: %s", info["db"], info["host"], info["port"], exc)
+            except redis.RedisError as exc:
+                failed.append(f"redis at {info['host']}:{info['port']} could not flush db {info['db']} ({exc})")
+        if failed:
+            raise TeardownIncomplete(session.label, "; ".join(failed))
+        if refused:
+            raise refused[0] if len(refused) == 1 else UnsafeTarget("; ".join(str(r) for r in refused))
 
     def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
         names = [service] if service else ["postgres", *(["redis"] if "redis" in session.resources else [])]
