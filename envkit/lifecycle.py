@@ -28,7 +28,7 @@ from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete
+from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
 from .provision import database
 from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
@@ -282,6 +282,7 @@ def teardown_session(config: Config, session: Session) -> None:
     The record is removed only once teardown succeeded: a :class:`TeardownIncomplete` keeps it (noting why),
     so that a later ``envkit down`` or ``envkit prune`` can finish.
     """
+    refused = None
     with deferred_signals():
         try:
             by_name(session.backend).teardown(session)
@@ -289,9 +290,13 @@ def teardown_session(config: Config, session: Session) -> None:
             session.info["teardown_failed"] = str(exc)
             session.save()
             raise
+        except UnsafeTarget as exc:  # a recorded database envkit did not create: all else is down, and that one
+            refused = exc  # will never be envkit's to drop, so the record goes; the refusal is still the outcome
         if config.dotenv:
             config.path(config.dotenv).unlink(missing_ok=True)
         session.remove()
+    if refused:
+        raise refused
 
 
 def down(config: Config) -> Session | None:
