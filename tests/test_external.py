@@ -245,6 +245,31 @@ def test_down_with_the_server_unreachable_keeps_the_state(sentinels: Sentinels, 
     sentinels.assert_untouched()
 
 
+def test_a_redis_index_that_holds_keys_is_refused_unless_allowed(sentinels: Sentinels, external_project: Project) -> None:
+    """envkit empties the index it uses: one that holds someone's keys when it starts is refused, and kept."""
+    keys = {f"envkit-test-owned:{sentinels.token}:{i}": str(i) for i in range(3)}  # index 9 is empty: the fixture checked
+    with envkit_index() as client:
+        client.mset(keys)
+    try:
+        result = external_project.cli("up")
+        assert result.returncode == 3, result.stderr
+        assert f"redis db {ENVKIT_INDEX} on 127.0.0.1:6379 already holds 3 keys" in result.stderr
+        assert "redis.allow_flush" in result.stderr
+        with envkit_index() as client:
+            assert client.mget(list(keys)) == list(keys.values()) and client.dbsize() == 3
+        assert not (external_project.root / ".envkit" / "state.json").exists()
+        assert server_databases() == sentinels.databases_before
+
+        allowed = external_project.cli("up", env=external_project.env(ENVKIT_REDIS_ALLOW_FLUSH="1"))
+        assert allowed.returncode == 0 and "holds 3 keys" in allowed.stderr, allowed.stderr
+        external_project.cli("down", check=True)
+        assert envkit_index().dbsize() == 0  # emptied, as allowed: only the keys this test wrote were there
+    finally:
+        with envkit_index() as client:
+            client.delete(*keys)
+    sentinels.assert_untouched()
+
+
 def test_an_existing_database_is_never_adopted(sentinels: Sentinels) -> None:
     with pytest.raises(ProvisionError, match=f"database '{sentinels.database}' already exists .* never adopts"):
         database.create_database(admin_endpoint(ADMIN_URL), sentinels.database, exist_ok=False)

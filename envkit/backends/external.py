@@ -12,9 +12,9 @@ answer, then works only inside what it is given:
   (``<that name>_…``: the pytest plugin's per-process copies), each only if it
   carries the mark envkit set when it created it, nothing else.
 * Redis: ``redis.url`` (``ENVKIT_REDIS_URL``), or ``REDIS_URL``. The index in
-  the URL's path, else ``redis.db``, is the one envkit may use: it is flushed at
-  teardown, and no other index is touched. Without a URL, envkit runs without
-  Redis.
+  the URL's path, else ``redis.db``, is the one envkit may use: it must be empty
+  when envkit starts (unless ``redis.allow_flush``), it is flushed at teardown,
+  and no other index is touched. Without a URL, envkit runs without Redis.
 
 What teardown needs (the admin URL, the Redis index) is recorded in the
 session's resources, so ``envkit down`` from another process can do it.
@@ -73,6 +73,7 @@ class ExternalBackend:
                 database.guard_redis(redis, "flush", allow_hosts=config.redis.allow_hosts, allow_unsafe=config.allow_unsafe)
                 wait_for(lambda: ping_redis(redis.host, redis.port, redis.password), service="redis",
                          what=f"PING {redis.host}:{redis.port} answered with PONG", timeout=config.timeout)
+                _refuse_keys(redis, config.redis.allow_flush)
                 session.resources["redis"] = {"host": redis.host, "port": redis.port, "db": redis.db,
                                               "password": redis.password}
                 session.save()
@@ -189,6 +190,28 @@ def _wait_postgres(admin: PostgresEndpoint, timeout: float) -> str:
 
     return wait_for(check, service="postgres", what=f"connect to {admin.host}:{admin.port} as {admin.user} and ask its version",
                     timeout=timeout)
+
+
+def _refuse_keys(redis: RedisEndpoint, allow_flush: bool) -> None:
+    """envkit empties its index at teardown (and the plugin before the tests): it must hold nothing of anyone's."""
+    import redis as redis_mod
+
+    client = redis_mod.Redis(host=redis.host, port=redis.port, db=redis.db, password=redis.password, socket_timeout=5)
+    try:
+        keys = int(client.dbsize())
+    finally:
+        client.close()
+    if not keys:
+        return
+    if allow_flush:
+        log.warning("redis: db %d on %s:%d holds %d keys; redis.allow_flush lets envkit empty it", redis.db, redis.host,
+                    redis.port, keys)
+        return
+    raise UnsafeTarget(
+        f"redis db {redis.db} on {redis.host}:{redis.port} already holds {keys} key{'s' if keys != 1 else ''}; envkit "
+        "empties the index it uses, so it uses only one that is empty when it starts. Give it an empty index (the "
+        "number at the end of redis.url or REDIS_URL, else redis.db), or, if those keys are disposable, set "
+        "redis.allow_flush = true (ENVKIT_REDIS_ALLOW_FLUSH=1)")
 
 
 def _flushdb(info: dict[str, Any]) -> None:
