@@ -13,6 +13,7 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip uninstall -q -y envkit 2>/dev/null || true  # the distribution's name before it was envkit-test
 	$(BIN)/python -m pip install -q -e '.[dev,embedded]'
 	touch $(STAMP)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import __version__, lifecycle
+from . import __version__, distribution, lifecycle
 from . import config as config_mod
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted
 from .output import StageReporter, configure_logging
@@ -67,21 +67,42 @@ class Ctx:
                 click.echo(f"envkit: could not write the GitHub Actions summary or outputs: {exc}", err=True)
 
 
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command takes, before the command's name (``envkit -c FILE test``) or after it."""
+    for option in reversed((
+        click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False),
+                     help="envkit.toml or pyproject.toml to take the settings from (the project directory stays the "
+                          "one found from here)."),
+        click.option("-b", "--backend", type=click.Choice(config_mod.BACKEND_NAMES), help="How services run [default: auto]."),
+        click.option("--timeout", type=float, help="Seconds to wait for each service [default: 30]."),
+        click.option("--no-cache", is_flag=True, help="Do not use or fill the cluster and snapshot caches."),
+        click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
+        click.option("-v", "--verbose", count=True, help="More detail (-vv: debug)."),
+        click.option("--json", "as_json", is_flag=True, help="Print a JSON document for machines."),
+        click.option("--diagnostics", is_flag=True, help="Write the diagnostics bundle even when nothing fails."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+OPTION_NAMES = ("config_file", "backend", "timeout", "no_cache", "quiet", "verbose", "as_json", "diagnostics")
+
+
+def _merged(after: dict[str, Any]) -> dict[str, Any]:
+    """The command's options over the ones given before its name; -v counts both."""
+    before = click.get_current_context().find_root().params
+    opts = {k: after[k] if after[k] not in (None, False, 0) else before.get(k, after[k]) for k in OPTION_NAMES}
+    opts["verbose"] = after["verbose"] + (before.get("verbose") or 0)
+    return opts
+
+
 def common(fn: Callable[..., int | None]) -> Callable[..., None]:
     """Options every command takes, and the error → exit-code mapping."""
 
-    @click.option("-c", "--config", "config_file", type=click.Path(dir_okay=False), help="envkit.toml or pyproject.toml to use.")
-    @click.option("-b", "--backend", type=click.Choice(config_mod.BACKEND_NAMES), help="How services run [default: auto].")
-    @click.option("--timeout", type=float, help="Seconds to wait for each service [default: 30].")
-    @click.option("--no-cache", is_flag=True, help="Do not use or fill the cluster and snapshot caches.")
-    @click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
-    @click.option("-v", "--verbose", count=True, help="More detail (-vv: debug).")
-    @click.option("--json", "as_json", is_flag=True, help="Print a JSON document for machines.")
-    @click.option("--diagnostics", is_flag=True, help="Write the diagnostics bundle even when nothing fails.")
+    @_options
     @functools.wraps(fn)
     def wrapper(**kwargs: Any) -> None:
-        opts = {k: kwargs.pop(k) for k in ("config_file", "backend", "timeout", "no_cache", "quiet", "verbose", "as_json",
-                                           "diagnostics")}
+        opts = _merged({k: kwargs.pop(k) for k in OPTION_NAMES})
         configure_logging(-1 if opts["quiet"] else opts["verbose"])
         ctx = Ctx(**opts)
         lifecycle.install_signal_handlers()
@@ -110,8 +131,16 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="envkit")
-def main() -> None:
-    """Throwaway PostgreSQL + Redis test environments: started, migrated, seeded, torn down."""
+@_options
+def main(**opts: Any) -> None:
+    """Throwaway PostgreSQL + Redis test environments: started, migrated, seeded, torn down.
+
+    The options below go before the command (envkit -c ci.toml test) or after it (envkit test -c ci.toml).
+    """
+    clash = distribution.other_envkit()
+    if clash:
+        click.echo(f"envkit: error: {distribution.clash_message(clash)}", err=True)
+        sys.exit(EXIT_ENVKIT_ERROR)
 
 
 @main.command()
@@ -224,27 +253,34 @@ def env_cmd(ctx: Ctx, fmt: str, to_github: bool) -> int:
 @main.command()
 @common
 def status(ctx: Ctx) -> int:
-    """Say whether an environment is up, and what it runs. Exit 1 when none is."""
+    """Say whether an environment is up, and what it runs. Exit 1 when none is, or when part of it is gone."""
+    from . import health
+
     config = ctx.config()
     session = lifecycle.current(config)
     if session is None:
         click.echo(json.dumps({"up": False}) if ctx.opts["as_json"] else "envkit: nothing is up")
         return 1
     stale = lifecycle.outdated(config, session)
+    found = health.check(session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
             "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
             "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
-            "stale": stale}
+            "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
     if ctx.opts["as_json"]:
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(f"{session.label}: up ({session.backend} backend)")
+        click.echo(f"{session.label}: {'up' if found.ok else 'BROKEN'} ({session.backend} backend)")
         for key in ("database_url", "redis_url"):
             if info[key]:
                 click.echo(f"  {key}: {info[key]}")
+        for gone in found.gone:
+            click.echo(f"  gone: {gone.detail}")
+        if not found.ok:
+            click.echo("  fix: envkit up --replace (or envkit down)")
         if stale:
             click.echo(f"  stale: migrated and seeded before {', '.join(stale)} changed; envkit up --replace")
-    return 0
+    return 0 if found.ok else 1
 
 
 @main.command()
@@ -326,13 +362,15 @@ def init(ctx: Ctx, force: bool, pyproject: bool) -> int:
     from .scaffold import init as scaffold
 
     try:
-        result = scaffold(Path.cwd(), force=force, pyproject=pyproject)
+        result = scaffold(Path.cwd(), force=force, pyproject=pyproject, environ=os.environ)
     except FileNotFoundError as exc:
         raise EnvkitError(str(exc)) from None
     if ctx.opts["as_json"]:
-        click.echo(json.dumps({"ok": True, "actions": [dict(zip(("path", "action", "why"), a, strict=True))
-                                                       for a in result.actions]}, indent=2))
+        click.echo(json.dumps({"ok": True, "found": result.found, "actions": [dict(zip(("path", "action", "why"), a, strict=True))
+                                                                              for a in result.actions]}, indent=2))
     elif not ctx.opts["quiet"]:
+        for line in result.found:
+            click.echo(f"envkit: {line}")
         for line in result.lines():
             click.echo(f"envkit: {line}")
         click.echo("envkit: next: make test   (or envkit test; envkit doctor checks this machine)")

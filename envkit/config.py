@@ -1,8 +1,12 @@
 """Configuration, built once: CLI > ``ENVKIT_*`` environment > file > defaults.
 
 The file is ``envkit.toml`` or the ``[tool.envkit]`` table of ``pyproject.toml``,
-found by walking up from the working directory. Everything else in envkit
-receives a frozen :class:`Config` and never reads ``os.environ`` itself.
+found by walking up from the working directory. Its folder is the project
+directory, ``Config.root`` (the working directory when none is found): the
+environment's state, ``.env.test`` and name belong to it, and relative paths in
+the settings are resolved against it. ``config_file`` (``-c``) replaces the
+settings only; the root is still the one found from ``start``. Everything else
+in envkit receives a frozen :class:`Config` and never reads ``os.environ`` itself.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from .errors import ConfigError
 BACKEND_NAMES = ("auto", "native", "docker", "external")
 MIGRATION_KINDS = ("auto", "none", "alembic", "sql", "metadata", "command")
 DIAGNOSTICS_MODES = ("on-failure", "always", "never")
+ASYNC_DRIVERS = ("auto", "asyncpg", "psycopg")
 DEFAULT_PG_PORT = 5433
 DEFAULT_REDIS_PORT = 6380
 
@@ -44,6 +49,9 @@ class PostgresConfig:
     url: str | None = None  # external backend: an admin URL of a running server
     settings: dict[str, str] = field(default_factory=dict)  # extra server settings
     allow_hosts: list[str] = field(default_factory=list)  # non-loopback hosts envkit may write to
+    #: the asyncio driver of async_url, async_db_session, envkit_async_engine and async seed hooks;
+    #: auto: asyncpg when it is installed, else psycopg (3, async)
+    async_driver: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ class SeedConfig:
     generate: dict[str, str] = field(default_factory=dict)  # column -> uuid4 | now
     bcrypt_rounds: int = 4
     sql: list[str] = field(default_factory=list)  # SQL files run after the users
-    hook: str | None = None  # "module:function" called with a SQLAlchemy connection
+    hook: str | None = None  # "module:function", sync or async: given a connection or session (envkit.provision.hook)
 
 
 @dataclass(frozen=True)
@@ -164,8 +172,13 @@ def load(
     ``environ`` defaults to ``os.environ`` and is the only place it is read.
     """
     env = dict(os.environ if environ is None else environ)
-    path, table = _read_file(Path(start or Path.cwd()), config_file)
-    root = path.parent if path else Path(start or Path.cwd()).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    found, table = _discover(here)
+    root = found.parent if found else here  # the project directory: -c changes the settings, never this
+    path = found
+    if config_file is not None:
+        path = _explicit(here, config_file)
+        table = _table(path)
     source = str(path) if path else "defaults"
     data = _deep_copy(table)
 
@@ -180,13 +193,15 @@ def load(
     return _build(Config, data, source, "", root=root, project=str(project), source=source, environ=env)
 
 
-def _read_file(start: Path, config_file: Path | str | None) -> tuple[Path | None, dict[str, Any]]:
-    if config_file is not None:
-        path = Path(config_file).resolve()
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing envkit.toml or pyproject.toml")
-        return path, _table(path)
-    here = start.resolve()
+def _explicit(here: Path, config_file: Path | str) -> Path:
+    path = (here / config_file).resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing envkit.toml or pyproject.toml")
+    return path
+
+
+def _discover(here: Path) -> tuple[Path | None, dict[str, Any]]:
+    """The first envkit.toml, or pyproject.toml with [tool.envkit] or [project], from ``here`` upwards."""
     for folder in (here, *here.parents):
         for candidate in (folder / "envkit.toml", folder / "pyproject.toml"):
             if candidate.is_file():
@@ -359,6 +374,8 @@ def _validate(config: Any, source: str) -> None:
             raise ConfigError(f"{source}: migrations.kind = 'command' needs migrations.command = [...]")
     elif isinstance(config, (PostgresConfig, RedisConfig)):
         section = "postgres" if isinstance(config, PostgresConfig) else "redis"
+        if isinstance(config, PostgresConfig):
+            choice("postgres.async_driver", config.async_driver, ASYNC_DRIVERS)
         port = config.port
         if isinstance(port, str) and port != "auto" and not port.isdigit():
             raise ConfigError(f"{source}: {section}.port must be a port number, 0 or 'auto', found {port!r}")

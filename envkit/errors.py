@@ -14,7 +14,8 @@
     │   ├── SeedError                seeding failed (bad user, password too long, ...)
     │   └── UnsafeTarget             refused to touch a database envkit did not create
     ├── StateError                   the .envkit state is missing or unreadable
-    │   └── StaleEnvironment         the environment left up was built from other migrations or seeds
+    │   ├── StaleEnvironment         the environment left up was built from other migrations or seeds
+    │   └── EnvironmentGone          a server, container or the database of the environment left up is gone
     ├── TeardownIncomplete           teardown could not remove everything; the state is kept to finish it
     └── Interrupted                  a signal (SIGINT, SIGTERM, SIGHUP) stopped envkit
 
@@ -122,6 +123,16 @@ class StaleEnvironment(StateError):
         super().__init__(
             f"the environment {label} that is up was migrated and seeded before {shown} changed; its database is "
             "stale. Run `envkit up --replace` (or `envkit down`, then `envkit up`) for a fresh one")
+
+
+class EnvironmentGone(StateError):
+    """Part of the environment ``envkit up`` left running is gone: a server, a container, or its database."""
+
+    def __init__(self, label: str, gone: list[str]) -> None:
+        self.gone = gone
+        super().__init__(
+            f"the environment {label} that is up is broken: {'; '.join(gone)}. Run `envkit up --replace` "
+            "(or `envkit down`, then `envkit up`) for a fresh one")
 
 
 class TeardownIncomplete(EnvkitError):

@@ -3,16 +3,19 @@
 Built-in names: ``DATABASE_URL`` (SQLAlchemy form, psycopg 3 driver),
 ``REDIS_URL``, libpq's ``PG*`` (so ``psql`` needs no arguments), and
 ``ENVKIT_*`` pointers to the state. ``[tool.envkit.env]`` adds the names an
-application reads itself, rendered with Jinja2 from the same values.
+application reads itself, rendered with Jinja2 from the same values, the
+asyncio URLs (asyncpg, psycopg) and the users the seed names (:class:`Users`).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import re
 import secrets
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
@@ -22,9 +25,48 @@ if TYPE_CHECKING:
     from .config import Config
     from .state import Session
 
+log = logging.getLogger("envkit")
 FORMATS = ("shell", "dotenv", "json", "github")
 #: Exported names whose values are secrets: masked in CI logs, never printed by default.
 SECRET_NAMES = re.compile(r"PASSWORD|SECRET|TOKEN|_URL$|^DATABASE_URL", re.IGNORECASE)
+
+
+def async_driver(config: Config) -> str:
+    """The SQLAlchemy asyncio driver: ``postgres.async_driver``; auto is asyncpg when it is installed, else psycopg."""
+    wanted = config.postgres.async_driver
+    if wanted == "auto":
+        wanted = "asyncpg" if importlib.util.find_spec("asyncpg") is not None else "psycopg"
+    return "psycopg_async" if wanted == "psycopg" else wanted
+
+
+class Users(list):  # type: ignore[type-arg]
+    """The users the seed names, as template values: ``users[0].email``, ``users.admin.password``.
+
+    A name finds the user whose username, email, name or full_name it is, or
+    whose email starts with it and ``@`` (``users.admin``: admin@example.com),
+    else the first user with that role. Only what the seed file and ``seed.users`` say is
+    there (no generated column: those exist once the rows are inserted).
+    """
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, str):
+            return super().__getitem__(key)
+        for match in (lambda u: key in (u.get("username"), u.get("email"), u.get("name"), u.get("full_name")),
+                      lambda u: str(u.get("email", "")).partition("@")[0] == key,
+                      lambda u: u.get("role") == key):
+            for user in self:
+                if match(user):
+                    return user
+        known = ", ".join(str(u.get("username") or u.get("email") or u.get("name") or "?") for u in self) or "none"
+        raise KeyError(f"no seeded user {key!r} (by username, email, name or role; seeded: {known})")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(exc.args[0]) from None
 
 
 def context(config: Config, running: Running, session: Session) -> dict[str, Any]:
@@ -33,7 +75,12 @@ def context(config: Config, running: Running, session: Session) -> dict[str, Any
     if pg:
         ctx["postgres"] = {"host": pg.host, "port": pg.port, "user": pg.user, "password": pg.password,
                            "database": pg.database, "url": pg.url(), "libpq_url": pg.libpq(),
-                           "async_url": pg.url("psycopg_async")}
+                           "async_url": pg.url(async_driver(config)), "asyncpg_url": pg.url("asyncpg"),
+                           "psycopg_async_url": pg.url("psycopg_async")}
+    if any("users" in template for template in config.env.values()):  # read the seed only when a template may use it
+        from .provision.seed import load_users
+
+        ctx["users"] = Users(load_users(config))
     if redis:
         ctx["redis"] = {"host": redis.host, "port": redis.port, "db": redis.db, "url": redis.url}
     for name, info in running.extra.items():
@@ -55,6 +102,10 @@ def build(config: Config, running: Running, session: Session) -> dict[str, str]:
     if config.migrations.schema:
         env["ENVKIT_SCHEMA"] = config.migrations.schema
     env.update(render(config.env, context(config, running, session), config.source))
+    for name, template in config.env.items():
+        if "password" in template.lower() and not SECRET_NAMES.search(name):
+            log.warning("env.%s renders a password, but its name says neither PASSWORD, SECRET nor TOKEN: envkit "
+                        "masks exports by name, so it cannot mask this one in CI logs; rename it if you can", name)
     return env
 
 
@@ -104,11 +155,14 @@ def github_env(env: Mapping[str, str]) -> str:
     return "".join(lines)
 
 
-def secrets_of(env: Mapping[str, str]) -> list[str]:
-    """Values that must be masked: passwords, and URLs that carry one."""
+def secrets_of(env: Mapping[str, str], passwords: Iterable[str] = ()) -> list[str]:
+    """Values that must be masked: passwords, URLs that carry one, and any value holding a seeded user's ``passwords``."""
+    known = [p for p in passwords if p]
     out = []
     for key, value in env.items():
         if key in ("PGPASSWORD",) or (SECRET_NAMES.search(key) and ("PASSWORD" in key.upper() or "@" in value)):
+            out.append(value)
+        elif any(p in value for p in known):
             out.append(value)
     return [v for v in out if v]
 

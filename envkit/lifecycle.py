@@ -1,6 +1,6 @@
 """The lifecycle, in one place:
 
-    reap stale → start (backend) → database → ready → migrate → seed → snapshot → export
+    reap stale → start (backend) → database → ready → migrate → seed → template → snapshot → export
     … hand off (tests or any command) …
     teardown (everything registered on one ExitStack, in reverse)
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, progress, state
+from . import cache, diagnostics, exports, health, progress, state
 from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
@@ -137,6 +137,7 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             stack.callback(start_watchdog(config, session))
         content = cache.contents(config) if config.postgres.enabled else {}
         session.info["contents"] = content  # an environment left up is found stale when these change
+        session.info["config_file"] = config.source  # ... of the settings it was made with (-c FILE's, maybe)
         key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
@@ -153,8 +154,11 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             else:
                 stage("migrate", migrate, config, pg, env, detail=lambda d: d)
                 stage("seed", seed, config, pg, session.users_file, env, detail=lambda d: d)
+                stage("template", _make_template, config, pg, session, stack, detail=database.template_name(pg.database))
                 if key and hasattr(backend, "save_snapshot"):
                     stage("snapshot", backend.save_snapshot, config, session, running, key, detail="cached for next time")
+        if pg:  # a snapshot holds the template too (its key says so)
+            session.resources["template_database"] = database.template_name(pg.database)
         session.exports = env
         session.info["timings"] = timings
         session.save()
@@ -197,9 +201,19 @@ def _provision_database(config: Config, pg: Any, session: Session, stack: ExitSt
         database.create_database(pg, pg.database, exist_ok=False)
         session.resources.setdefault("created_databases", []).append(pg.database)
         session.save()
-        stack.callback(database.drop_database, pg, pg.database)  # the guard: this process created it
+        stack.callback(database.drop_database, pg, pg.database, created_by_envkit=True)
     if config.migrations.schema:
         database.prepare_schema(pg, config.migrations.schema)
+
+
+def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) -> None:
+    """The migrated and seeded database, copied into a template no test can connect to (see database.make_template)."""
+    name = database.template_name(pg.database)
+    if not pg.owned:
+        session.resources.setdefault("created_databases", []).append(name)
+        session.save()
+        stack.callback(database.drop_database, pg, name, created_by_envkit=True)
+    database.make_template(pg, name, timeout=config.timeout)
 
 
 def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str | None:
@@ -211,7 +225,7 @@ def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str 
     if kind_of(config) == "none" and not seeds and backend != "docker":
         return None  # nothing to migrate or seed: the native pristine-cluster cache is the snapshot; a container
         # image initialises its cluster on every first start, so docker keeps even an empty one
-    return cache.fingerprint(config, backend, content=content)
+    return cache.fingerprint(config, backend, "template", content=content)  # "template": it holds one
 
 
 def _describe(running: Running, session: Session) -> str:
@@ -251,13 +265,38 @@ def current(config: Config) -> Session | None:
 def outdated(config: Config, session: Session) -> list[str]:
     """The migration and seed files (and settings) that changed since ``session`` was migrated and seeded."""
     before = session.info.get("contents")
+    config = made_with(config, session)
     if not before or not config.postgres.enabled:
         return []  # recorded by an older envkit, or nothing to compare
     return cache.changed(before, cache.contents(config))
 
 
+def made_with(config: Config, session: Session) -> Config:
+    """The settings ``session`` was brought up with, read again: ``envkit -c FILE up``'s when not the ones found here.
+
+    So that a command or ``pytest`` run without ``-c`` anywhere in the checkout judges the environment by the
+    files it was made from, not by another configuration's.
+    """
+    source = session.info.get("config_file")
+    if not source or source in (config.source, "defaults") or not Path(source).is_file():
+        return config
+    from .config import load
+
+    try:
+        return load(config.root, config_file=source, environ=config.environ)
+    except EnvkitError as exc:
+        log.debug("cannot read %s again (%s); judging %s by %s", source, exc, session.label, config.source)
+        return config
+
+
 def check_fresh(config: Config, session: Session) -> None:
-    """Raise :class:`StaleEnvironment` when ``session`` was built from other migrations or seeds than the checkout's."""
+    """Refuse an environment left up that cannot be used as it is.
+
+    :class:`EnvironmentGone` when a server, a container or its database is gone
+    (:mod:`envkit.health`); :class:`StaleEnvironment` when it was built from
+    other migrations or seeds than the checkout's.
+    """
+    health.require(session)
     changes = outdated(config, session)
     if changes:
         raise StaleEnvironment(session.label, changes)

@@ -13,10 +13,13 @@ Without one, tests that need it (they use a fixture below, or carry the
 
 Each pytest process gets a database and a Redis namespace of its own
 (:mod:`envkit.workspace`), and its ``os.environ`` points at them
-(``DATABASE_URL``, ``PG*``, ``REDIS_URL``, ...). Under pytest-xdist the
-controller finds or brings up the environment before the workers start and
-hands them its state file and a run id; it sweeps the run's leftovers at the
-end. Fixtures are listed in the README under "pytest fixtures"; isolation
+(``DATABASE_URL``, ``PG*``, ``REDIS_URL``, the ``[env]`` names) from
+``pytest_load_initial_conftests`` on: before any conftest or test module is
+imported, so settings an application builds at import see them. Under
+pytest-xdist the controller finds or brings up the environment before the
+workers start; they inherit its state file and run id through os.environ
+(their conftests are imported before xdist hands them anything else), and it
+sweeps the run's leftovers at the end. Fixtures are listed in the README under "pytest fixtures"; isolation
 modes in :mod:`envkit.isolation`.
 
 psycopg, redis and SQLAlchemy are imported only when an environment is used.
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import isolation
+from . import distribution, isolation
 from .config import BACKEND_NAMES
 from .errors import EnvkitError
 
@@ -57,6 +60,9 @@ __all__ = ["EnvkitDatabase", "EnvkitEnv", "SeededUsers"]
 
 MAIN = "main"  # the worker id of a run without xdist (envkit.workspace.MAIN, without importing it)
 _PLUGIN = pytest.StashKey["_Plugin"]()
+#: "<run id> <pid>" of the pytest process that owns the run: how its xdist workers learn the run id before their
+#: workerinput exists (see _Plugin.__post_init__)
+_RUN_VARIABLE = "ENVKIT_PYTEST_RUN"
 # Environments left up by --envkit-keep: held until the interpreter exits, because collecting their
 # still-running Popen objects earlier raises ResourceWarnings (errors under filterwarnings = error).
 _KEPT: list[Environment] = []
@@ -77,6 +83,7 @@ class EnvkitEnv:
     redis_prefix: str  # "" unless xdist workers share one Redis index (the external backend)
     exports: Mapping[str, str] = field(repr=False)  # every exported variable, as this process's os.environ has it
     users_file: Path = Path()
+    async_driver: str = "psycopg_async"  # postgres.async_driver, resolved: asyncpg or psycopg_async
 
     @property
     def database_url(self) -> str | None:
@@ -85,7 +92,8 @@ class EnvkitEnv:
 
     @property
     def async_database_url(self) -> str | None:
-        return self.postgres.url("psycopg_async") if self.postgres else None
+        """SQLAlchemy asyncio URL of this process's database, on ``postgres.async_driver``."""
+        return self.postgres.url(self.async_driver) if self.postgres else None
 
     @property
     def redis_url(self) -> str | None:
@@ -103,6 +111,7 @@ class EnvkitDatabase:
     isolation: str  # rollback, truncate or clone
     postgres: PostgresEndpoint
     engine: Engine
+    async_driver: str = "psycopg_async"
 
     @property
     def url(self) -> str:
@@ -110,7 +119,7 @@ class EnvkitDatabase:
 
     @property
     def async_url(self) -> str:
-        return self.postgres.url("psycopg_async")
+        return self.postgres.url(self.async_driver)
 
 
 class SeededUsers(list):  # type: ignore[type-arg]
@@ -146,7 +155,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
     pluginmanager.add_hookspecs(_HookSpecs)
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
     group = parser.getgroup("envkit", "envkit test environments")
     group.addoption("--envkit", action="store_true",
                     help="Bring an environment up for this session when none is running (envkit test, envkit up), "
@@ -155,21 +164,48 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="The backend of the environment --envkit brings up (implies --envkit).")
     group.addoption("--envkit-keep", action="store_true",
                     help="Leave the environment --envkit brought up running; `envkit down` ends it.")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "envkit(isolation='rollback'): the test needs the envkit environment; isolation is how its "
-                   "database writes are undone: rollback (default), truncate (truncate and reseed) or clone (a fresh database)")
-    plugin = _Plugin(config)
-    config.stash[_PLUGIN] = plugin
-    if plugin.worker == MAIN and hasattr(config.hook, "pytest_configure_node"):
-        config.pluginmanager.register(_XdistController(plugin), "envkit-xdist")
+    pluginmanager.register(_Reapply(), "envkit-reapply")
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[_PLUGIN].start()
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """Before any conftest or test module is imported: the environment, this process's database, os.environ."""
+    ns = early_config.known_args_namespace
+    if getattr(ns, "help", False) or getattr(ns, "version", False):
+        return
+    _open(early_config)
+
+
+class _Reapply:
+    """A plain hookimpl, so it runs after every tryfirst one (pytest-env's among them) and before conftests load.
+
+    envkit's values win over pytest-env's for the names envkit exports,
+    whichever of the two tryfirst hooks pytest happened to call first.
+    """
+
+    def pytest_load_initial_conftests(self, early_config: pytest.Config) -> None:
+        plugin = early_config.stash.get(_PLUGIN, None)
+        if plugin is not None:
+            plugin.reapply_environ()
+
+
+def _open(config: pytest.Config) -> _Plugin:
+    plugin = _Plugin(config)
+    config.stash[_PLUGIN] = plugin
+    config.add_cleanup(plugin.finish_run)  # also when a conftest fails to import, or the run stops before it starts
+    plugin.start()
+    return plugin
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    clash = distribution.other_envkit()
+    if clash:
+        raise pytest.UsageError(f"envkit: {distribution.clash_message(clash)}")
+    config.addinivalue_line(
+        "markers", "envkit(isolation='rollback'): the test needs the envkit environment; isolation is how its "
+                   "database writes are undone: rollback (default), truncate (truncate and reseed) or clone (a fresh database)")
+    if config.stash.get(_PLUGIN, None) is None:  # registered after the early hook ran
+        _open(config)
 
 
 @pytest.hookimpl(trylast=True)
@@ -177,26 +213,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     session.config.stash[_PLUGIN].finish_process()
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    plugin = config.stash.get(_PLUGIN, None)
-    if plugin is not None:
-        plugin.finish_run()
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     plugin = config.stash.get(_PLUGIN, None)
     return plugin.header() if plugin else []
-
-
-class _XdistController:
-    """Registered only when pytest-xdist is installed: hands each worker the environment and the run id."""
-
-    def __init__(self, plugin: _Plugin) -> None:
-        self.plugin = plugin
-
-    def pytest_configure_node(self, node: Any) -> None:
-        session = self.plugin.session
-        node.workerinput["envkit"] = {"run": self.plugin.run, "state_file": str(session.file) if session else None}
 
 
 # -- the plugin's state, one per pytest process ----------------------------------------
@@ -206,7 +225,6 @@ class _Plugin:
     config: pytest.Config
     worker: str = MAIN
     run: str = ""
-    handed_state_file: str | None = None
     envkit_config: EnvkitConfig | None = None
     session: Session | None = None
     environment: Environment | None = None  # brought up by --envkit: ours to tear down
@@ -219,24 +237,29 @@ class _Plugin:
     _restore_conn: Any = None
     _redis_flushed: bool = False
     _async_engines: dict[str, AsyncEngine] = field(default_factory=dict)
+    _finished: bool = False
 
     def __post_init__(self) -> None:
-        workerinput = getattr(self.config, "workerinput", None)
-        if workerinput is not None:
-            self.worker = workerinput["workerid"]
-            info = workerinput.get("envkit") or {}
-            self.run, self.handed_state_file = info.get("run", ""), info.get("state_file")
+        # An xdist worker imports its conftests before it is given its workerinput: what it needs that early, the
+        # controller left in os.environ, which the worker inherited ($ENVKIT_PYTEST_RUN, $ENVKIT_STATE_FILE).
+        # The parent pid tells a worker of this run from a pytest started inside one of its tests.
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        run, _, parent = os.environ.get(_RUN_VARIABLE, "").partition(" ")
+        if worker and parent == str(os.getppid()):
+            self.worker, self.run = worker, run
+        elif worker:
+            self.worker = worker
         self.run = self.run or secrets.token_hex(3)
 
-    @property
-    def _controller(self) -> bool:
-        return self.worker == MAIN and self.config.pluginmanager.getplugin("dsession") is not None
+    def _option(self, name: str) -> Any:
+        return getattr(self.config.known_args_namespace, name, None)
 
     # -- start -------------------------------------------------------------------
     def start(self) -> None:
-        if self.config.option.collectonly:
-            return
-        wanted = self.worker == MAIN and bool(self.config.getoption("envkit") or self.config.getoption("envkit_backend"))
+        """Find (or bring up) the environment, clone this process's database, point os.environ at it."""
+        if self.worker == MAIN:
+            self._set_environ({_RUN_VARIABLE: f"{self.run} {os.getpid()}"})  # for xdist's workers, spawned later
+        wanted = self.worker == MAIN and bool(self._option("envkit") or self._option("envkit_backend"))
         try:
             self.envkit_config = self._load_config()
             self.session = self._locate()
@@ -245,34 +268,40 @@ class _Plugin:
                 self.session, self.found = self.environment.session, "brought up for this session"
         except Exception as exc:  # noqa: BLE001 - a broken environment fails the tests that need it, not the run
             if wanted:
-                pytest.exit(f"envkit: {_describe(exc)}", returncode=3)
+                self._stop(f"envkit: {_describe(exc)}")
             self.problem = (f"envkit: {_describe(exc)}", True)
             return
         if self.session is None:
             self.problem = (self._missing(), False)
             return
-        if self._controller:
-            return  # the workers make their own workspaces
         from .workspace import Workspace
 
         try:
             self.workspace = Workspace.open(self.envkit_config, self.session, self.run, self.worker)
         except Exception as exc:  # noqa: BLE001
-            self.problem = (f"envkit: cannot set up this process's database and Redis: {_describe(exc)}", True)
+            message = f"envkit: cannot set up this process's database and Redis: {_describe(exc)}"
+            if wanted:
+                self._stop(message)
+            self.problem = (message, True)
             return
         self._set_environ(self.workspace.exports)
+
+    def _stop(self, message: str) -> None:
+        """--envkit was asked for and there is no environment: stop before any conftest runs against another one."""
+        self._say(message)
+        raise SystemExit(3)  # pytest's own cleanup runs finish_run: whatever was brought up is torn down
 
     def _load_config(self) -> EnvkitConfig:
         from .config import load
 
-        backend = self.config.getoption("envkit_backend")
+        backend = self._option("envkit_backend")
         return load(self.config.invocation_params.dir, overrides={"backend": backend} if backend else None,
                     environ=os.environ)
 
     def _locate(self) -> Session | None:
         from . import lifecycle, state
 
-        file = self.handed_state_file or os.environ.get("ENVKIT_STATE_FILE")
+        file = os.environ.get("ENVKIT_STATE_FILE")
         if file:
             session = state.read(Path(file))
             if session is None:
@@ -325,7 +354,14 @@ class _Plugin:
         return EnvkitEnv(
             name=self.session.label, backend=self.session.backend, worker=self.worker, postgres=space.postgres,
             template_database=space.template.database if space.template else None, redis=space.redis,
-            redis_prefix=space.redis_prefix, exports=dict(space.exports), users_file=self.session.users_file)
+            redis_prefix=space.redis_prefix, exports=dict(space.exports), users_file=self.session.users_file,
+            async_driver=self.async_driver())
+
+    def async_driver(self) -> str:
+        from .exports import async_driver
+
+        assert self.envkit_config is not None
+        return async_driver(self.envkit_config)
 
     def snapshot(self) -> Snapshot:
         """The rows of this process's database before any truncate-isolated test wrote: what reseeding restores."""
@@ -397,8 +433,9 @@ class _Plugin:
     def finish_run(self) -> None:
         """The run's owner: sweep what crashed workers left; tear down what --envkit brought up."""
         self.finish_process()  # when sessionfinish never ran (an error before the session)
-        if self.worker != MAIN:
+        if self.worker != MAIN or self._finished:
             return
+        self._finished = True
         try:
             if self.session is not None and self.envkit_config is not None:
                 from .workspace import sweep
@@ -409,7 +446,7 @@ class _Plugin:
         env, self.environment = self.environment, None
         try:
             if env is not None:
-                if self.config.getoption("envkit_keep"):
+                if self._option("envkit_keep"):
                     env.detach()
                     _KEPT.append(env)
                     self._say(f"envkit: left {env.session.label} up; `envkit down` ends it")
@@ -424,8 +461,7 @@ class _Plugin:
         if self.session is None:
             return [self.problem[0]] if self.problem and self.problem[1] else []
         space = self.workspace
-        where = (f"database {space.postgres.database}" if space and space.postgres else
-                 "a database per worker" if self._controller else "no database")
+        where = f"database {space.postgres.database}" if space and space.postgres else "no database"
         return [f"envkit: {self.session.label} ({self.session.backend} backend, {self.found}); {where}"]
 
     # -- helpers --------------------------------------------------------------------------
@@ -442,12 +478,20 @@ class _Plugin:
                 os.environ[key] = value
         self._environ.clear()
 
+    def reapply_environ(self) -> None:
+        """Put this process's values back over whatever another early hook (pytest-env) set meanwhile."""
+        if self.workspace is not None:
+            os.environ.update(self.workspace.exports)
+
     def _say(self, line: str) -> None:
         reporter = self.config.pluginmanager.getplugin("terminalreporter")
         if reporter is not None and self.worker == MAIN:
             reporter.write_line(line)
-        else:
+            return
+        capman = self.config.pluginmanager.getplugin("capturemanager")  # the early hook runs under global capture
+        with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
             sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -543,12 +587,12 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
     assert space.postgres is not None
     mode = _isolation(request.node)
     if mode == "rollback":
-        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"))
+        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"), envkit_env.async_driver)
     elif mode == "truncate":
         from .provision import data
 
         snapshot = plugin.snapshot()
-        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"))
+        yield EnvkitDatabase(mode, space.postgres, request.getfixturevalue("envkit_engine"), envkit_env.async_driver)
         cfg = plugin.envkit_config
         assert cfg is not None
         created = plugin.database_created_by_envkit(space.postgres.database)
@@ -573,7 +617,7 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
         engine = create_engine(pg.url(), poolclass=NullPool)
         try:
             with _environ({"DATABASE_URL": pg.url(), "PGDATABASE": pg.database}):
-                yield EnvkitDatabase(mode, pg, engine)
+                yield EnvkitDatabase(mode, pg, engine, envkit_env.async_driver)
         finally:
             engine.dispose()
             space.drop(pg)
@@ -605,9 +649,18 @@ def db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> Ite
         session.close()
 
 
+def _async_engine(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> AsyncEngine:
+    """An AsyncEngine on the test's database, on ``postgres.async_driver`` (asyncpg or psycopg)."""
+    try:
+        return _plugin(request).async_engine(envkit_db.async_url)
+    except ModuleNotFoundError as exc:
+        pytest.fail(f"envkit: the async driver {envkit_db.async_driver} is not installed ({exc}): pip install asyncpg, "
+                    "or set postgres.async_driver = \"psycopg\" in the envkit config", pytrace=False)
+
+
 async def _async_db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> AsyncIterator[AsyncSession]:
-    """An asyncio SQLAlchemy session (psycopg 3 async); undone after the test like ``db_session``."""
-    engine = _plugin(request).async_engine(envkit_db.async_url)
+    """An asyncio SQLAlchemy session on ``postgres.async_driver``; undone after the test like ``db_session``."""
+    engine = _async_engine(request, envkit_db)
     if envkit_db.isolation == "rollback":
         async with isolation.async_rollback_session(engine) as session:
             yield session
@@ -616,6 +669,15 @@ async def _async_db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDat
 
         async with AsyncSession(bind=engine) as session:
             yield session
+
+
+@pytest.fixture
+def envkit_async_engine(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> AsyncEngine:
+    """An AsyncEngine on the test's database (``postgres.async_driver``), for an app that takes an engine.
+
+    Its commits are real: use it with truncate or clone isolation, or ``async_db_session`` for rollback.
+    """
+    return _async_engine(request, envkit_db)
 
 
 try:

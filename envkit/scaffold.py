@@ -1,17 +1,30 @@
 """``envkit init``: the configuration, a seed file, make targets and a CI workflow for an existing project.
 
-Idempotent: a file that exists is left alone (``--force`` rewrites what envkit
-wrote; a Makefile's own targets are never touched), and every action is
-reported as written, updated or skipped, with the reason.
+With migrations, the seed comes from the real schema: a throwaway environment
+(:mod:`envkit.probe`) is migrated and its users table read (:mod:`envkit.schema`),
+and the seed written is inserted there and rolled back before init says it is
+done. The settings names the code reads (:mod:`envkit.appsettings`) become
+``[env]``. Without migrations, or when they cannot run, a scan of the source
+stands in. Idempotent: a file that exists is left alone (``--force`` rewrites
+what envkit wrote; a Makefile's own targets are never touched), and every
+action is reported as written, updated or skipped, with the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import re
 import sys
 import tomllib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from . import appsettings, distribution
+from .errors import EnvkitError
+from .schema import Column, UsersSchema
 
 _SKIP_DIRS = {".git", ".venv", "venv", "env", "node_modules", "__pycache__", ".tox", ".nox", "build", "dist", ".envkit"}
 _PASSWORD_COLUMNS = ("password_hash", "hashed_password", "password_digest", "encrypted_password", "password")
@@ -24,9 +37,13 @@ class Result:
     """What init did, file by file: (path, what happened, why)."""
 
     actions: list[tuple[str, str, str]] = field(default_factory=list)
+    found: list[str] = field(default_factory=list)  # what init read and what it made of it, in order
 
     def add(self, path: Path | str, verb: str, why: str = "") -> None:
         self.actions.append((str(path), verb, why))
+
+    def note(self, line: str) -> None:
+        self.found.append(line)
 
     def lines(self) -> list[str]:
         return [f"{verb:<8} {path}" + (f"  ({why})" if why else "") for path, verb, why in self.actions]
@@ -45,26 +62,123 @@ class UsersTable:
         return next((c for c in _PASSWORD_COLUMNS if c in self.columns), None)
 
 
-def init(root: Path, *, force: bool = False, pyproject: bool = False) -> Result:
-    """Scaffold envkit into the project at ``root``."""
+@dataclass
+class Plan:
+    """The seed init proposes: the table, its password column, generated columns and two users."""
+
+    table: str | None
+    password_column: str | None = None
+    generate: dict[str, str] = field(default_factory=dict)
+    users: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""  # where the columns were read: "the migrated database" or a file name
+    env: list[appsettings.Offer] = field(default_factory=list)
+
+
+def init(root: Path, *, force: bool = False, pyproject: bool = False, environ: Mapping[str, str] | None = None,
+         migrate: bool = True) -> Result:
+    """Scaffold envkit into the project at ``root``; ``migrate=False`` reads the source only (no throwaway database)."""
     result = Result()
     alembic_ini = root / "alembic.ini"
-    table = find_users_table(root, alembic_ini)
-    seed_file = root / "seed.toml"
-    ours = seed_file.is_file() and "written by envkit init" in seed_file.read_text(errors="replace")
-    # seed data the project wrote itself is never replaced, not even with --force
-    _write(seed_file, seed_text(table), result, force=force and ours, why_skip="exists; envkit.toml points at it")
-    config = config_text(_project_name(root), alembic_ini if alembic_ini.is_file() else None, table, seed_file.name)
-    if pyproject:
-        _pyproject_table(root / "pyproject.toml", config, result, force=force)
-    elif _has_tool_table(root / "pyproject.toml") and not (root / "envkit.toml").exists():
-        result.add("pyproject.toml", "skipped", "already has [tool.envkit]")
-    else:
-        _write(root / "envkit.toml", "\n".join(config) + "\n", result, force=force)
+    files = _python_files(root, _versions_dir(alembic_ini))
+    settings = appsettings.read(root, files)
+    asyncpg = appsettings.uses_asyncpg(files)
+    offers = appsettings.offers(settings, asyncpg=asyncpg, admin="users[0]")
+    for offer in offers:
+        result.note(f"setting {offer.name}: {offer.why} -> [env] {offer.name} = {offer.template!r}")
+    project = _project_name(root)
+    with _throwaway(root, project, alembic_ini if migrate else None, offers, environ or {}, result) as pg:
+        plan = _plan(root, alembic_ini, pg, result)
+        plan.env = offers if plan.users else [o for o in offers if "users[" not in o.template]
+        seed_file = root / "seed.toml"
+        ours = seed_file.is_file() and "written by envkit init" in seed_file.read_text(errors="replace")
+        # seed data the project wrote itself is never replaced, not even with --force
+        _write(seed_file, seed_text(plan), result, force=force and ours, why_skip="exists; envkit.toml points at it")
+        config = config_text(project, alembic_ini if alembic_ini.is_file() else None, plan, seed_file.name)
+        if pyproject:
+            _pyproject_table(root / "pyproject.toml", config, result, force=force)
+        elif _has_tool_table(root / "pyproject.toml") and not (root / "envkit.toml").exists():
+            result.add("pyproject.toml", "skipped", "already has [tool.envkit]")
+        else:
+            _write(root / "envkit.toml", "\n".join(config) + "\n", result, force=force)
+        if pg is not None:
+            _check_seed(root, environ or {}, pg, result)
     _makefile(root / "Makefile", result, force=force)
     _write(root / WORKFLOW, workflow_text(root), result, force=force)
     _gitignore(root / ".gitignore", result)
     return result
+
+
+@contextlib.contextmanager
+def _throwaway(root: Path, project: str, alembic_ini: Path | None, offers: list[appsettings.Offer],
+               environ: Mapping[str, str], result: Result) -> Iterator[Any]:
+    """A migrated throwaway database (native backend), or None: no migrations, or they could not run (noted)."""
+    if alembic_ini is None or not alembic_ini.is_file():
+        yield None
+        return
+    from . import probe
+
+    # the migrations may import the app's settings: give them the [env] init offers, with stand-ins for the users
+    stand_ins = {o.name: re.sub(r"\{\{ users\[0\]\.(\w+) \}\}", lambda m: "admin@example.com" if m.group(1) == "email"
+                                else "admin-password", o.template) for o in offers}
+    overrides = {"project": project, "backend": "native", "migrations": {"kind": "alembic", "alembic_ini": alembic_ini.name},
+                 "env": stand_ins, "redis.enabled": any("redis." in t for t in stand_ins.values())}
+    stack = contextlib.ExitStack()
+    try:
+        pg = stack.enter_context(probe.migrated(root, environ, overrides))
+    except EnvkitError as exc:
+        first = str(exc).strip().splitlines()[0]
+        result.note(f"schema: could not migrate a throwaway database ({exc.stage or 'start'}: {first}); "
+                    "the seed below comes from reading the source instead")
+        pg = None
+    else:
+        result.note("schema: migrated a throwaway database (native backend) to read the users table as the migrations leave it")
+    with stack:
+        yield pg
+
+
+def _plan(root: Path, alembic_ini: Path, pg: Any, result: Result) -> Plan:
+    if pg is not None:
+        from . import schema
+
+        table = schema.find(pg.libpq())
+        if table is None:
+            result.note("users table: none in the migrated database (looked for users, user, accounts, auth_user)")
+            return Plan(None)
+        return plan_from_schema(table, result)
+    found = find_users_table(root, alembic_ini)
+    if found is None:
+        return Plan(None)
+    result.note(f"users table: {found.name}, from a scan of {found.source.name}")
+    generate = {c: kind for c, kind in ((c, _generated(d)) for c, d in found.columns.items()) if kind}
+    users = []
+    for name in ("admin", "alice"):
+        user: dict[str, Any] = {}
+        for column, decl in found.columns.items():
+            value = _sample(column, decl, name, found.password_column)
+            if value is not None:
+                user["password" if column == found.password_column else column] = value
+        users.append(user)
+    return Plan(found.name, found.password_column, generate, users, f"Columns found in {found.source.name}.")
+
+
+def _check_seed(root: Path, environ: Mapping[str, str], pg: Any, result: Result) -> None:
+    """Insert the seed the configuration now names into the throwaway database, rolled back."""
+    from . import probe
+    from .config import load
+
+    try:
+        config = load(root, environ=environ)
+    except EnvkitError as exc:
+        result.note(f"seed check: skipped, the configuration does not load: {exc}")
+        return
+    try:
+        count = probe.check_seed(config, pg)
+    except EnvkitError as exc:
+        result.note(f"seed check: FAILED: {exc}. Fix {config.seed.file or 'seed.users'}, then run envkit doctor")
+        return
+    if count:
+        result.note(f"seed check: the {count} users go into {config.seed.table} (inserted in the throwaway database "
+                    "and rolled back)")
 
 
 # -- detection -------------------------------------------------------------------
@@ -140,7 +254,7 @@ def _has_tool_table(path: Path) -> bool:
 
 # -- what gets written -------------------------------------------------------------
 
-def config_text(project: str, alembic_ini: Path | None, table: UsersTable | None, seed_file: str) -> list[str]:
+def config_text(project: str, alembic_ini: Path | None, plan: Plan, seed_file: str) -> list[str]:
     lines = ["# envkit: a throwaway PostgreSQL + Redis for the tests (written by envkit init; every key is optional).",
              f"project = {_toml(project)}", ""]
     if alembic_ini is not None:
@@ -149,39 +263,107 @@ def config_text(project: str, alembic_ini: Path | None, table: UsersTable | None
         lines += ["[migrations]", '# no alembic.ini found: "sql" (a folder of *.sql), "metadata" (a MetaData target)',
                   '# or "command" also work', 'kind = "none"', ""]
     lines += ["[seed]", f"file = {_toml(seed_file)}"]
-    if table is not None:
-        lines += [f"table = {_toml(table.name)}"]
-        if table.password_column:
-            lines += [f"password_column = {_toml(table.password_column)}"]
-        generate = {c: kind for c, kind in ((c, _generated(d)) for c, d in table.columns.items()) if kind}
-        if generate:
-            lines += ["generate = { " + ", ".join(f"{c} = {_toml(k)}" for c, k in generate.items()) + " }"]
+    if plan.table is not None:
+        lines += [f"table = {_toml(plan.table)}"]
+        if plan.password_column:
+            lines += [f"password_column = {_toml(plan.password_column)}"]
+        if plan.generate:
+            lines += ["generate = { " + ", ".join(f"{c} = {_toml(k)}" for c, k in plan.generate.items()) + " }"]
+    if plan.env:
+        lines += ["", "# Names the project's settings read (found in its source), rendered from the environment's values."]
+        lines += ["[env]"] + [f"{o.name} = {_toml(o.template)}" for o in plan.env]
     return lines
 
 
-def seed_text(table: UsersTable | None) -> str:
+def seed_text(plan: Plan) -> str:
     head = ["# (written by envkit init)",
             "# Users envkit seeds after the migrations. `password` is hashed with bcrypt into the password column;",
             "# every other key is stored in the column of the same name. Tests find the plain passwords in",
             "# $ENVKIT_USERS_FILE (or in this file).", ""]
-    if table is None:
+    if plan.table is None:
         example = ["# No users table was found; an example:", "# [[users]]", '# email = "admin@example.com"',
                    '# password = "admin-password"', ""]
         return "\n".join([*head, *example])
-    users = []
-    for name in ("admin", "alice"):
-        user: dict[str, object] = {}
-        for column, decl in table.columns.items():
-            value = _sample(column, decl, name, table.password_column)
-            if value is not None:
-                user["password" if column == table.password_column else column] = value
-        users.append(user)
     body = []
-    for user in users:
+    for user in plan.users:
         body.append("[[users]]")
         body += [f"{k} = {_toml(v)}" for k, v in user.items()]
         body.append("")
-    return "\n".join([*head, f"# Columns found in {table.source.name}.", "", *body])
+    return "\n".join([*head, f"# {plan.source}", "", *body])
+
+
+# -- a seed from the migrated schema --------------------------------------------------
+
+_NAME_COLUMNS = ("username", "login", "name", "display_name", "full_name", "first_name", "nickname")
+_ADMIN_FLAGS = ("is_superuser", "is_admin", "is_staff", "superuser", "admin")
+
+
+def plan_from_schema(table: UsersSchema, result: Result) -> Plan:
+    """Two users (an admin and a plain one) that satisfy every NOT NULL column without a default."""
+    found = []
+    for column in table.columns.values():
+        facts = [column.type, "NOT NULL" if not column.nullable else "nullable"]
+        if column.default:
+            facts.append(f"default {column.default}")
+        if column.name in table.primary_key:
+            facts.append("primary key")
+        if column.allowed:
+            facts.append("one of " + ", ".join(column.allowed))
+        found.append(f"{column.name} ({', '.join(facts)})")
+    result.note(f"users table: {table.qualified}, as migrated: {'; '.join(found)}")
+    generate: dict[str, str] = {}
+    users: list[dict[str, Any]] = []
+    for index, who in enumerate(("admin", "alice")):
+        user: dict[str, Any] = {}
+        for column in table.columns.values():
+            value = _value_for(column, who, index, table, generate)
+            if value is not None:
+                user["password" if column.name == table.password_column else column.name] = value
+        users.append(user)
+    why = {"uuid4": "a uuid with no default", "now": "a timestamp with no default"}
+    for column, kind in generate.items():
+        result.note(f"column {column}: NOT NULL, {why[kind]} -> seed.generate.{column} = {kind!r}")
+    if table.password_column:
+        result.note(f"column {table.password_column}: the password column (bcrypt hashes of each user's `password`)")
+    if table.role_column:
+        result.note(f"column {table.role_column}: the role column (admin and a plain user)")
+    for column in table.columns.values():
+        if column.required and column.name not in generate and column.name != table.password_column \
+                and any(column.name not in u for u in users):
+            result.note(f"column {column.name}: NOT NULL without a default, of type {column.type}, which init cannot "
+                        "fill: add it to each user in seed.toml")
+    return Plan(table.qualified, table.password_column, generate, users,
+                "Columns read from the migrated database (envkit init ran the migrations in a throwaway one).")
+
+
+def _value_for(column: Column, who: str, index: int, table: UsersSchema, generate: dict[str, str]) -> Any:
+    name, admin = column.name, who == "admin"
+    if name == table.password_column:
+        return f"{who}-password"
+    if name == table.role_column:
+        plain = next((v for v in ("user", "staff", "member", "customer") if v in column.allowed), None)
+        if column.allowed:
+            return ("admin" if "admin" in column.allowed else column.allowed[0]) if admin else (plain or column.allowed[-1])
+        return "admin" if admin else "user"
+    if name in _ADMIN_FLAGS and column.base == "bool":
+        return admin
+    if name == "email" or (name.endswith("email") and column.base == "text"):
+        return f"{who}@example.com"
+    if name in _NAME_COLUMNS and column.base == "text":
+        return who.capitalize() if name in ("full_name", "display_name", "first_name") else who
+    if not column.required:
+        return None
+    if column.base == "uuid":
+        generate[name] = "uuid4"
+        return None
+    if column.base == "timestamp":
+        generate[name] = "now"
+        return None
+    if column.allowed:
+        return column.allowed[0]
+    return {"int": index + 1 if name in table.primary_key else 0, "number": 0, "bool": False,
+            "text": f"{who}-{name}" if column.unique or name in table.primary_key else who,
+            "date": dt.date(2000, 1, 1), "json": {}}.get(column.base)
 
 
 def _sample(column: str, decl: str, name: str, password_column: str | None) -> object | None:
@@ -243,7 +425,7 @@ def workflow_text(root: Path) -> str:
     for req in ("requirements.txt", "requirements-dev.txt", "requirements/dev.txt"):
         if (root / req).is_file():
             install.append(f"python -m pip install -r {req}")
-    install.append("python -m pip install envkit")
+    install.append(f"python -m pip install {distribution.NAME}")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     steps = "\n".join(f"          {line}" for line in install)
     return f"""# Written by envkit init: the same `envkit test` as `make test`, on every push and pull request.
@@ -350,6 +532,8 @@ def _gitignore(path: Path, result: Result) -> None:
 def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, (int, dt.date)):
         return str(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }" if value else "{}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,10 +1,14 @@
 """A test process's own corner of a running environment: its database and its Redis namespace.
 
-Each pytest process (the only one, or each pytest-xdist worker) works in a
+Each pytest process (the only one, each pytest-xdist worker, and xdist's
+controller, whose conftest imports read the environment too) works in a
 database of its own, ``<database>_<run>_<worker>``, cloned with ``CREATE
-DATABASE ... TEMPLATE`` from the environment's migrated and seeded database.
-That database is the template: nothing connects to it during the run, so
-clones never wait, and it is as pristine at the end as at the start. Redis:
+DATABASE ... TEMPLATE`` from the environment's template: a copy of its
+migrated and seeded database made by ``envkit up`` and closed to connections
+(``ALLOW_CONNECTIONS false``), so clones never wait, nothing can write it, and
+it is as pristine at the end as at the start. A clone gets the template's
+owner, privileges and per-database settings (``search_path``), which ``CREATE
+DATABASE`` alone does not copy. Redis:
 a database index of its own on a server envkit started; where envkit may use
 only one index (the external backend) workers share it under a key prefix.
 
@@ -74,32 +78,27 @@ class Workspace:
     session: Session
     run: str
     worker: str
-    template: PostgresEndpoint | None  # the environment's migrated and seeded database
-    postgres: PostgresEndpoint | None  # this process's copy (the template itself if it could not be cloned)
+    template: PostgresEndpoint | None  # the environment's migrated and seeded template (no connections allowed)
+    postgres: PostgresEndpoint | None  # this process's copy
     redis: RedisEndpoint | None  # this process's index
     redis_prefix: str = ""  # set where workers share one index
     exports: dict[str, str] = dataclasses.field(default_factory=dict)
     _counter: Any = dataclasses.field(default_factory=lambda: itertools.count(1), repr=False)
+    _like: database.Profile | None = dataclasses.field(default=None, repr=False)  # the template's owner, settings...
+    _base: str = ""  # the environment's database: what derived names start with
     _redis_pool: Any = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def open(cls, config: Config, session: Session, run: str, worker: str = MAIN) -> Workspace:
         """Clone this process's database and choose its Redis index; see the module docstring."""
-        template, redis = endpoints(session)
+        env_pg, redis = endpoints(session)
+        template = template_of(session, env_pg) if env_pg else None
         pg = None
-        if template:
-            name = derived_name(template.database, run, worker)
-            try:
-                database.clone_database(template, name, template.database,
-                                        timeout=min(config.timeout, 3.0) if worker == MAIN else config.timeout)
-            except EnvkitError as exc:
-                if worker != MAIN:
-                    raise  # workers sharing one database would see each other's data
-                log.warning("%s; the tests use %s itself (rolled back after each test, but not clone isolation)",
-                            str(exc).split(". ")[0], template.database)
-                pg = template
-            else:
-                pg = dataclasses.replace(template, database=name)
+        if env_pg and template:
+            name = derived_name(env_pg.database, run, worker)
+            like = database.profile(template, template.database)
+            database.clone_database(template, name, template.database, timeout=config.timeout, like=like)
+            pg = dataclasses.replace(template, database=name)
         prefix = ""
         if redis:
             number = int(m.group(1)) if (m := re.fullmatch(r"gw(\d+)", worker)) else None
@@ -108,6 +107,9 @@ class Workspace:
             elif number is not None:
                 prefix = f"envkit:{run}:{worker}:"
         space = cls(config, session, run, worker, template, pg, redis, prefix)
+        if pg is not None:
+            space._like = like
+            space._base = env_pg.database  # type: ignore[union-attr]
         space.exports = space._exports()
         return space
 
@@ -116,16 +118,12 @@ class Workspace:
         """A fresh database cloned from the template, for one test; :meth:`drop` it afterwards."""
         if self.template is None:
             raise EnvkitError("this environment has no PostgreSQL database to clone")
-        name = derived_name(self.template.database, self.run, self.worker, str(next(self._counter)))
-        database.clone_database(self.template, name, self.template.database, timeout=self.config.timeout)
+        name = derived_name(self._base, self.run, self.worker, str(next(self._counter)))
+        database.clone_database(self.template, name, self.template.database, timeout=self.config.timeout, like=self._like)
         return dataclasses.replace(self.template, database=name)
 
     def drop(self, pg: PostgresEndpoint) -> None:
         database.drop_database(pg, pg.database)  # the guard passes only what this process created
-
-    @property
-    def owns_database(self) -> bool:
-        return self.postgres is not None and self.postgres is not self.template
 
     # -- Redis ---------------------------------------------------------------
     def redis_client(self, **options: Any) -> Redis:
@@ -154,7 +152,7 @@ class Workspace:
     def close(self) -> None:
         """Drop this process's database and empty its Redis namespace."""
         try:
-            if self.owns_database and self.postgres:
+            if self.postgres:
                 self.drop(self.postgres)
         finally:
             try:
@@ -184,12 +182,17 @@ class Workspace:
         return out
 
 
+def template_of(session: Session, pg: PostgresEndpoint) -> PostgresEndpoint:
+    """The environment's template database (sessions of an older envkit recorded none: their database is it)."""
+    return dataclasses.replace(pg, database=session.resources.get("template_database") or pg.database)
+
+
 def sweep(config: Config, session: Session, run: str) -> list[str]:
     """Drop whatever databases and Redis keys of ``run`` are left (a crashed worker's); returns the databases."""
     template, redis = endpoints(session)
     dropped = []
     if template:
-        dropped = database.drop_derived(template, template.database, derived_name(template.database, run) + "_")
+        dropped = database.drop_derived(template, derived_name(template.database, run) + "_")
     if redis:
         import redis as redis_mod
 

@@ -181,7 +181,7 @@ def test_down_from_another_process_drops_what_envkit_made(sentinels: Sentinels, 
     external_project.cli("up", "-q", check=True)
     state = json.loads((external_project.root / ".envkit" / "state.json").read_text())
     created = state["resources"]["created_databases"]
-    assert len(created) == 1 and created[0] in server_databases()
+    assert created == [created[0], f"{created[0]}_template"] and set(created) <= server_databases()
     admin = admin_endpoint(ADMIN_URL)
     # what the pytest plugin derives from it (a per-process copy) when its run is killed before cleaning up
     leftover = f"{created[0]}_0a1b2c_gw0"
@@ -189,7 +189,7 @@ def test_down_from_another_process_drops_what_envkit_made(sentinels: Sentinels, 
     envkit_index().set("left-by-a-killed-run", "1")
 
     external_project.cli("down", "-q", check=True)
-    assert not {created[0], leftover} & server_databases()
+    assert not {*created, leftover} & server_databases()
     assert envkit_index().dbsize() == 0
     sentinels.assert_untouched()
 

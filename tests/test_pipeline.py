@@ -52,6 +52,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(lifecycle, "_probe", lambda *a: events.append("ready"))
     monkeypatch.setattr(lifecycle, "migrate", lambda *a: events.append("migrate") or "m")
     monkeypatch.setattr(lifecycle, "seed", lambda *a: events.append("seed") or "s")
+    monkeypatch.setattr(lifecycle, "_make_template", lambda *a: events.append("template"))
     monkeypatch.setattr(lifecycle, "_snapshot_key", lambda config, backend, content: "key")
     return events
 
@@ -69,8 +70,9 @@ def test_stages_run_in_order_and_teardown_runs_once(tmp_path: Path, events: list
     use(monkeypatch, FakeBackend(events))
     seen: list[tuple[str, str]] = []
     env = envkit.up(config_for(tmp_path), reporter=lambda stage, status, s, d: seen.append((stage, status)))
-    assert events == ["start", "database", "ready", "migrate", "seed", "snapshot"]
-    assert [s for s, status in seen if status == "done"] == ["start", "database", "ready", "migrate", "seed", "snapshot"]
+    assert events == ["start", "database", "ready", "migrate", "seed", "template", "snapshot"]
+    assert [s for s, status in seen if status == "done"] == ["start", "database", "ready", "migrate", "seed", "template",
+                                                             "snapshot"]
     assert env.database_url == "postgresql+psycopg://u:p%40ss%2Fword@127.0.0.1:1/db_test"
     assert env.redis_url == "redis://127.0.0.1:2/3"
     state_file = tmp_path / ".envkit" / "state.json"

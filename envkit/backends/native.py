@@ -26,7 +26,7 @@ from typing import ClassVar
 from .. import cache, ports, spares
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
 from ..errors import ServiceExited
-from ..proc import RunAs, marked, run, spawn, stop_groups, tail
+from ..proc import RunAs, alive, marked, run, spawn, stop_groups, tail
 from ..spares import tmpfs_root
 from ..state import Session
 from ..wait import wait_for
@@ -125,7 +125,7 @@ class NativeBackend:
             password = session.info.setdefault("password", config.postgres.password or _password())
             running.postgres = PostgresEndpoint(
                 host=ports.HOST, port=pg_port, user=config.postgres.user, password=password,
-                database=config.database, admin_url=_admin_url(run_dir, pg_port), version=pg_bins.version,
+                database=config.database, admin_url=admin_url(run_dir, pg_port), version=pg_bins.version,
             )
         if redis_bin:
             redis_port = self._ready(session, "redis", redis_port, redis_req[1], config, run_as,
@@ -223,13 +223,13 @@ class NativeBackend:
 
         run_dir = Path(session.resources["run_dir"])
         socket_file = run_dir / f".s.PGSQL.{port}"
-        admin_url = _admin_url(run_dir, port)
+        admin = admin_url(run_dir, port)
 
         def check() -> bool:
             self._exited(session, "postgres")
             if not socket_file.exists():
                 return False
-            with psycopg.connect(admin_url, connect_timeout=2, autocommit=True) as conn:
+            with psycopg.connect(admin, connect_timeout=2, autocommit=True) as conn:
                 conn.execute("SELECT 1")
             return True
 
@@ -321,6 +321,11 @@ def ping_redis(host: str, port: int, password: str | None = None) -> bool:
         return sock.recv(64).startswith(b"+PONG")
 
 
+def is_server(pid: int, label: str, run_dir: str | None) -> bool:
+    """Whether this session's server ``pid`` still runs (a reused pid is someone else's): for envkit.health."""
+    return alive(pid) and _ours(pid, label, run_dir)
+
+
 def _ours(pid: int, label: str, run_dir: str | None) -> bool:
     """Whether ``pid`` is this session's server: its marker, or its working directory in the run directory.
 
@@ -334,7 +339,8 @@ def _ours(pid: int, label: str, run_dir: str | None) -> bool:
         return False
 
 
-def _admin_url(run_dir: Path, port: int) -> str:
+def admin_url(run_dir: Path, port: int) -> str:
+    """The superuser over the server's socket in its run directory (trust: only this machine's users reach it)."""
     return f"host={run_dir} port={port} user={SUPERUSER} dbname=postgres"
 
 

@@ -12,12 +12,12 @@ the database looks disposable: a test-like name on a loopback or allowed host.
 ``allow_unsafe`` (``ENVKIT_ALLOW_UNSAFE=1``) overrides it, with a warning.
 
 On a server envkit did not start, every database it creates carries a mark:
-``COMMENT ON DATABASE ... IS 'envkit:<environment database>'``. A teardown
-from the state file (another process: ``envkit down``, a watchdog, a sweep
-after a crash) drops only the exact names recorded there, and derived copies
-(``<name>_…``, the pytest plugin's per-process and per-test ones), and only
-those that carry the mark for that environment: a record is never proof
-enough, and a name prefix never is either.
+``COMMENT ON DATABASE <name> IS 'envkit:<name>'``. A teardown from the state
+file (another process: ``envkit down``, a watchdog, a sweep after a crash)
+drops only the exact names recorded there and the copies derived from them
+(``<name>_…``: the template, the pytest plugin's per-process and per-test
+ones), and only those that carry the mark: a record is never proof enough,
+and a name prefix never is either.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import logging
 import re
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import ProvisionError, ReadyTimeout, UnsafeTarget
@@ -42,6 +43,8 @@ log = logging.getLogger("envkit")
 TEST_NAME = re.compile(r"(^|[_\-])tests?($|[_\-\d])|_test\d*$|^test", re.IGNORECASE)
 #: PostgreSQL's longest identifier (NAMEDATALEN - 1); longer names are silently truncated.
 MAX_NAME = 63
+#: Characters of a database's name kept in names derived from it (63 at most, with the suffixes).
+_BASE_CHARS = 45
 
 # (host, port, name) of every database this process created: the guard lets envkit drop what it made.
 _created: set[tuple[str, int, str]] = set()
@@ -74,19 +77,56 @@ def database_exists(pg: PostgresEndpoint, name: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What a database carries beside its content, which ``CREATE DATABASE ... TEMPLATE`` does not copy."""
+
+    owner: str
+    #: (grantee, privilege, grantable) from its ACL, grantee "" for PUBLIC; None: the default privileges
+    privileges: tuple[tuple[str, str, bool], ...] | None
+    #: (role, name, value) from ALTER [ROLE ...] DATABASE ... SET, role "" for every role
+    settings: tuple[tuple[str, str, str], ...]
+
+
+def profile(pg: PostgresEndpoint, name: str) -> Profile:
+    """Owner, privileges and per-database settings of database ``name`` (pg_database, pg_db_role_setting)."""
+    with connect(pg.admin_url) as conn:
+        row = conn.execute("SELECT pg_get_userbyid(datdba), datacl IS NULL FROM pg_database WHERE datname = %s",
+                           (name,)).fetchone()
+        if row is None:
+            raise ProvisionError(f"database {name!r} does not exist on {pg.host}:{pg.port}; the environment's template "
+                                 "is gone: envkit up --replace makes it again")
+        privileges = None if row[1] else tuple(conn.execute(
+            "SELECT coalesce(r.rolname, ''), a.privilege_type, a.is_grantable FROM pg_database d "
+            "CROSS JOIN LATERAL aclexplode(d.datacl) a LEFT JOIN pg_roles r ON r.oid = a.grantee "
+            "WHERE d.datname = %s ORDER BY 1, 2", (name,)).fetchall())
+        settings = []
+        for role, items in conn.execute(
+                "SELECT coalesce(r.rolname, ''), s.setconfig FROM pg_db_role_setting s "
+                "JOIN pg_database d ON d.oid = s.setdatabase LEFT JOIN pg_roles r ON r.oid = s.setrole "
+                "WHERE d.datname = %s ORDER BY 1", (name,)).fetchall():
+            settings += [(role, *item.split("=", 1)) for item in items or [] if "=" in item]
+    return Profile(owner=row[0], privileges=privileges, settings=tuple(settings))
+
+
 def create_database(pg: PostgresEndpoint, name: str, *, owner: str | None = None, template: str | None = None,
-                    exist_ok: bool = False) -> bool:
-    """CREATE DATABASE; returns False when it existed and ``exist_ok``. Never adopts one otherwise."""
+                    exist_ok: bool = False, like: Profile | None = None) -> bool:
+    """CREATE DATABASE; returns False when it existed and ``exist_ok``. Never adopts one otherwise.
+
+    ``like``: give it that owner, privileges and settings (a clone's template's :func:`profile`).
+    """
     from psycopg import errors, sql
 
-    query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    owner = like.owner if like else owner
+    head = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if owner:
-        query += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+        head += sql.SQL(" OWNER {}").format(sql.Identifier(owner))
+    query = head
     if template:
         # FILE_COPY forces checkpoints: fastest on envkit's own fsync-off tmpfs servers, 5-20x slower than
         # WAL_LOG on a real one (an external server, fsync on)
         strategy = "FILE_COPY" if pg.owned else "WAL_LOG"
-        query += sql.SQL(" TEMPLATE {} STRATEGY {}").format(sql.Identifier(template), sql.SQL(strategy))
+        query = head + sql.SQL(" TEMPLATE {} STRATEGY {}").format(sql.Identifier(template), sql.SQL(strategy))
     with connect(pg.admin_url) as conn:
         try:
             conn.execute(query)
@@ -103,36 +143,105 @@ def create_database(pg: PostgresEndpoint, name: str, *, owner: str | None = None
                 "not create. Choose another name (postgres.database) or drop it yourself"
             ) from None
         except errors.FeatureNotSupported:  # PostgreSQL < 15 has no STRATEGY
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template or "template1")))
-    if not pg.owned:
-        with connect(pg.admin_url) as conn:
-            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                sql.Identifier(name), sql.Literal(mark(template or name))))
-    _created.add((pg.host, pg.port, name))
+            conn.execute(head + sql.SQL(" TEMPLATE {}").format(sql.Identifier(template or "template1")))
+        _created.add((pg.host, pg.port, name))
+        if not pg.owned:  # a crash between these two leaves one database unmarked: never dropped, only reported
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(mark(name))))
+        if like:
+            _carry(conn, name, like)
     return True
 
 
-def mark(environment: str) -> str:
-    """The comment envkit puts on a database it creates for ``environment`` (its own name, or its template's)."""
-    return f"envkit:{environment}"
+def mark(name: str) -> str:
+    """The comment envkit puts on database ``name`` when it creates it on a server it did not start."""
+    return f"envkit:{name}"
 
 
-def marked(pg: PostgresEndpoint, name: str, environment: str | None = None) -> bool | None:
-    """Whether database ``name`` carries envkit's mark for ``environment`` (default: ``name`` itself); None if
-    there is no such database."""
+def marked(pg: PostgresEndpoint, name: str) -> bool | None:
+    """Whether database ``name`` carries envkit's mark; None if there is no such database."""
     with connect(pg.admin_url) as conn:
         row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                            (name,)).fetchone()
-    return None if row is None else row[0] == mark(environment or name)
+    return None if row is None else row[0] == mark(name)
 
 
-def clone_database(pg: PostgresEndpoint, name: str, template: str, *, timeout: float = 10.0) -> None:
-    """``CREATE DATABASE name TEMPLATE template``, waiting while other sessions still use the template."""
+def _carry(conn, name: str, like: Profile) -> None:  # type: ignore[no-untyped-def]
+    """Give database ``name`` the privileges and settings of ``like``."""
+    from psycopg import sql
+
+    db = sql.Identifier(name)
+    if like.privileges is not None:
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC, {}").format(db, sql.Identifier(like.owner)))
+        for grantee, privilege, grantable in like.privileges:
+            conn.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                sql.SQL(privilege), db, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                sql.SQL(" WITH GRANT OPTION") if grantable else sql.SQL("")))
+    for role, setting, value in like.settings:
+        target = (sql.SQL("ROLE {} IN DATABASE {}").format(sql.Identifier(role), db) if role
+                  else sql.SQL("DATABASE {}").format(db))
+        values = _split_list(value) if setting in _LIST_SETTINGS else [value]
+        conn.execute(sql.SQL("ALTER {} SET {} TO {}").format(
+            target, sql.SQL(".").join(sql.Identifier(part) for part in setting.split(".")),
+            sql.SQL(", ").join(sql.Literal(v) for v in values)))
+
+
+#: Settings whose stored value is a list of quoted identifiers (pg_dump's list): set element by element
+_LIST_SETTINGS = {"search_path", "temp_tablespaces", "session_preload_libraries", "local_preload_libraries",
+                  "shared_preload_libraries", "unix_socket_directories"}
+
+
+def _split_list(value: str) -> list[str]:
+    """``"My Schema", public`` -> ``['My Schema', 'public']``: the stored form of a list setting, unquoted."""
+    items, current, quoted, i = [], [], False, 0
+    while i < len(value):
+        char = value[i]
+        if char == '"' and quoted and value[i + 1:i + 2] == '"':
+            current.append('"')
+            i += 1
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    items.append("".join(current).strip())
+    return [item for item in items if item]
+
+
+def template_name(database: str) -> str:
+    """The environment's template: its migrated and seeded database, which tests never connect to."""
+    return f"{database[:_BASE_CHARS]}_template"
+
+
+def make_template(pg: PostgresEndpoint, name: str, *, timeout: float = 10.0) -> None:
+    """Copy ``pg.database`` into ``name`` and close it to connections: clones are made from it, nothing writes it.
+
+    ``ALLOW_CONNECTIONS false`` refuses every role, superusers too, and a
+    template still clones from it; a test that connects to it fails with
+    "database ... is not currently accepting connections".
+    """
+    from psycopg import sql
+
+    clone_database(pg, name, pg.database, timeout=timeout)
+    with connect(pg.admin_url) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+
+
+def clone_database(pg: PostgresEndpoint, name: str, template: str, *, timeout: float = 10.0,
+                   like: Profile | None = None) -> None:
+    """``CREATE DATABASE name TEMPLATE template``, waiting while other sessions still use the template.
+
+    The clone gets the template's owner, privileges and settings (``like``, or read now).
+    """
     from psycopg import errors
+
+    like = like or profile(pg, template)
 
     def attempt() -> bool | Exception:
         try:
-            create_database(pg, name, template=template)
+            create_database(pg, name, template=template, like=like)
         except errors.ObjectInUse:
             raise  # somebody is connected to the template: try again
         except Exception as exc:  # noqa: BLE001 - anything else will not get better by waiting
@@ -187,12 +296,12 @@ def drop_recorded(pg: PostgresEndpoint, name: str) -> None:
     drop_database(pg, name, created_by_envkit=True)
 
 
-def drop_derived(pg: PostgresEndpoint, environment: str, prefix: str) -> list[str]:
-    """Drop the databases envkit derived from ``environment`` whose names start with ``prefix``.
+def drop_derived(pg: PostgresEndpoint, prefix: str) -> list[str]:
+    """Drop the databases envkit derived from one it created: names starting with ``prefix``, which carries a
+    part unique to one environment or run (a session or run id).
 
     On a server envkit did not start, a name is not enough: only databases
-    carrying envkit's mark for ``environment`` go; any other is left alone,
-    with a warning.
+    carrying envkit's mark go; any other is left alone, with a warning.
     """
     with connect(pg.admin_url) as conn:
         rows = conn.execute(
@@ -200,12 +309,12 @@ def drop_derived(pg: PostgresEndpoint, environment: str, prefix: str) -> list[st
             "WHERE left(datname, %s) = %s AND NOT datistemplate", (len(prefix), prefix)).fetchall()
     dropped = []
     for name, comment in rows:
-        if pg.owned or comment == mark(environment) or created_here(pg, name):
+        if pg.owned or comment == mark(name) or created_here(pg, name):
             drop_database(pg, name, created_by_envkit=True)
             dropped.append(name)
         else:
             log.warning("left database %s on %s:%d alone: its name begins %s, but it does not carry envkit's mark "
-                        "(COMMENT %r), so envkit did not create it", name, pg.host, pg.port, prefix, mark(environment))
+                        "(COMMENT %r), so envkit did not create it", name, pg.host, pg.port, prefix, mark(name))
     return dropped
 
 

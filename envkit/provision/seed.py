@@ -22,7 +22,6 @@ from ..config import Config, SeedConfig
 from ..errors import SeedError
 from ..state import write_private
 from .database import connect, guard_with
-from .migrate import _isolated, import_target
 
 if TYPE_CHECKING:
     from ..backends.base import PostgresEndpoint
@@ -158,21 +157,6 @@ def seed(config: Config, pg: PostgresEndpoint, users_file: Path, env: Mapping[st
 
 
 def _run_hook(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> None:
-    hook = config.seed.hook or ""
-    with _isolated(env, config.root, config.root):
-        try:
-            function = import_target(hook)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise SeedError(f"seed.hook {hook!r} cannot be imported: {exc}; use 'package.module:function'") from None
-        from sqlalchemy import create_engine
+    from . import hook
 
-        engine = create_engine(pg.url())
-        try:
-            with engine.begin() as conn:
-                function(conn)
-        except SeedError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise SeedError(f"seed.hook {hook} raised {type(exc).__name__}: {str(exc).strip()[:500]}") from None
-        finally:
-            engine.dispose()
+    hook.run(config, pg, env)
