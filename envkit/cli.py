@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from . import __version__, distribution, lifecycle
+from . import __version__, distribution, lifecycle, redact
 from . import config as config_mod
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted
 from .output import StageReporter, configure_logging
@@ -116,11 +116,16 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
         except EnvkitError as exc:
             ctx.reporter.close()
             where = f" [{exc.stage}]" if exc.stage else ""
+            # a server's log or a command's output in the message may hold a password
+            message = redact.for_run(ctx.loaded, ctx.up_env.session if ctx.up_env else None)(str(exc))
             if opts["as_json"]:
-                click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": str(exc)}))
-            click.echo(f"envkit: error{where}: {exc}", err=True)
+                click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": message}))
+            click.echo(f"envkit: error{where}: {message}", err=True)
             if exc.diagnostics:
                 click.echo(f"envkit: diagnostics: {exc.diagnostics}", err=True)
+                kept = exc.diagnostics / "services" / f"{exc.service}.log"
+                if exc.service and kept.is_file():  # the run's own log went with teardown: this copy stays
+                    click.echo(f"envkit: {exc.service} log: {kept}", err=True)
             code, error = EXIT_ENVKIT_ERROR, exc
         ctx.reporter.close()
         ctx.finish(fn.__name__.removesuffix("_cmd"), code, error)
@@ -162,6 +167,8 @@ def up(ctx: Ctx, replace: bool) -> int:
         )
     env = lifecycle.up(config, reporter=ctx.reporter)
     env.detach()
+    if config.diagnostics == "always":
+        lifecycle.diagnose(env, ctx.reporter)
     ctx.on_up(env)
     _print_connection(ctx, env.exports, env.session.backend)
     return 0
@@ -265,7 +272,7 @@ def status(ctx: Ctx) -> int:
     found = health.check(session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
             "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
-            "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
+            "database_url": redact.url(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
             "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
     if ctx.opts["as_json"]:
         click.echo(json.dumps(info, indent=2))
@@ -392,7 +399,7 @@ def doctor(ctx: Ctx) -> int:
         click.echo(json.dumps({"backend": backend, "checks": doctor_mod.as_dicts(checks)}, indent=2))
     else:
         click.echo(doctor_mod.render(backend, checks), nl=False)
-    return 1 if any(c.required and not c.ok for c in checks) else 0
+    return 1 if doctor_mod.failures(checks) else 0
 
 
 @main.group()
@@ -443,26 +450,17 @@ def _diagnose_current(ctx: Ctx, config: config_mod.Config) -> None:
         click.echo(f"envkit: diagnostics: {path}", err=True)
 
 
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
 def _print_connection(ctx: Ctx, exports: dict[str, str], backend: str) -> None:
     if ctx.opts["as_json"]:
         click.echo(ctx.reporter.summary(ok=True, backend=backend,
-                                        exports={k: (_redact(v) if "URL" in k else "***" if "PASSWORD" in k else v)
+                                        exports={k: (redact.url(v) if "URL" in k else "***" if "PASSWORD" in k else v)
                                                  for k, v in exports.items()}))
         return
     if ctx.opts["quiet"]:
         return
     for key in ("DATABASE_URL", "REDIS_URL"):
         if key in exports:
-            click.echo(f"  {key}={_redact(exports[key])}", err=True)
+            click.echo(f"  {key}={redact.url(exports[key])}", err=True)
     click.echo('  connect: eval "$(envkit env)"   tear down: envkit down', err=True)
 
 

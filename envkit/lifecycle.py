@@ -29,7 +29,7 @@ from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
 from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
-from .provision import database
+from .provision import database, redis_index
 from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
 from .state import Session, write_private
@@ -141,8 +141,7 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
-        running = stage("start", backend.start, config, session, stack, key,
-                        detail=lambda r: _describe(r, session))
+        running = stage("start", _start, backend, config, session, stack, key, detail=lambda r: _describe(r, session))
         pg = running.postgres
         env = exports.build(config, running, session)
         if pg:
@@ -184,6 +183,17 @@ def _forget_unless_incomplete(session: Session) -> Callable[..., bool]:
         return False
 
     return forget
+
+
+def _start(backend: Any, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+    running: Running = backend.start(config, session, stack, key)
+    if running.redis:
+        try:
+            redis_index.check(running.redis)
+        except EnvkitError as exc:
+            exc.service = "redis"
+            raise
+    return running
 
 
 def _probe(pg: Any, timeout: float) -> bool:
@@ -367,14 +377,15 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
                 on_kept(env)
         else:
             if config.diagnostics == "always":
-                _diagnose(env, reporter or _log_reporter)
+                diagnose(env, reporter)
             t0 = time.perf_counter()
             env.down()
             (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
 
 
-def _diagnose(env: Environment, report: Reporter) -> None:
-    """Write the diagnostics bundle of a running environment (``--diagnostics``), before it goes down."""
+def diagnose(env: Environment, reporter: Reporter | None = None) -> None:
+    """Write the diagnostics bundle of a running environment (``--diagnostics``): after ``up``, or before it goes down."""
+    report = reporter or _log_reporter
     t0 = time.perf_counter()
     try:
         path = diagnostics.write(env.config, env.session, by_name(env.session.backend), timings=env.timings,

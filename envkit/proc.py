@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -54,6 +55,24 @@ class RunAs:
         for folder, dirs, files in os.walk(path):
             for name in dirs + files:
                 os.chown(os.path.join(folder, name), self.uid, self.gid, follow_symlinks=False)
+
+    def can_reach(self, path: Path, *, execute: bool = False) -> bool:
+        """Whether this account can get to ``path`` and read it (and run it), by its mode bits and those of every
+        folder on the way (to a symlink and to its target)."""
+        try:
+            for target in dict.fromkeys((Path(os.path.abspath(path)), path.resolve())):
+                for folder in reversed(target.parents):
+                    if not self._allowed(os.stat(folder), 0o1):
+                        return False
+            st = os.stat(path)
+        except OSError:
+            return False
+        wanted = 0o4 | (0o1 if execute or stat.S_ISDIR(st.st_mode) else 0)
+        return self._allowed(st, wanted)
+
+    def _allowed(self, st: os.stat_result, bits: int) -> bool:
+        shift = 6 if st.st_uid == self.uid else 3 if st.st_gid == self.gid else 0
+        return (st.st_mode >> shift) & bits == bits
 
     def popen_kwargs(self) -> dict[str, object]:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}

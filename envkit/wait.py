@@ -83,11 +83,13 @@ def wait_for(
         now = time.monotonic()
         if now >= deadline:
             _record(service, what, start, attempts, errors, f"timed out after {timeout:g} s")
+            log_text = logs() if logs else ""
             raise ReadyTimeout(
                 f"{service}: {what} did not succeed within {timeout:g} s ({attempts} attempts); "
-                f"last error: {last_error}. Check the log below, or raise the timeout (--timeout, ENVKIT_TIMEOUT)",
+                f"last error: {last_error}. " + ("Check the log below, or raise" if log_text.strip() else "Raise")
+                + " the timeout (--timeout, ENVKIT_TIMEOUT) if the service is only slow",
                 service,
-                logs() if logs else "",
+                log_text,
             )
         time.sleep(min(interval, max(deadline - now, 0)))
         interval = min(interval * 1.5, max_interval)

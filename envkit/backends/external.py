@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
+from .. import redact
 from ..config import Config
 from ..errors import BackendUnavailable, ConfigError, ServiceFailed, TeardownIncomplete, UnsafeTarget
 from ..provision import database
@@ -153,14 +154,14 @@ def redis_endpoint(url: str, default_db: int) -> RedisEndpoint:
     """The server of a ``redis://`` URL, and the index envkit may use: the URL's, else ``redis.db``."""
     parts = urlsplit(url)
     if parts.scheme != "redis":
-        raise ConfigError(f"the external backend supports redis:// URLs, found {parts.scheme}:// in {_redact(url)}")
+        raise ConfigError(f"the external backend supports redis:// URLs, found {parts.scheme}:// in {redact.url(url)}")
     path = parts.path.strip("/")
     if path and not path.isdigit():
         raise ConfigError(f"the path of the Redis URL must be a database index, found {path!r}")
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ConfigError(f"the Redis URL has an invalid port: {_redact(url)}") from None
+        raise ConfigError(f"the Redis URL has an invalid port: {redact.url(url)}") from None
     return RedisEndpoint(host=parts.hostname or "127.0.0.1", port=port, db=int(path) if path else default_db,
                          password=unquote(parts.password) if parts.password else None, owned=False)
 
@@ -199,6 +200,8 @@ def _refuse_keys(redis: RedisEndpoint, allow_flush: bool) -> None:
     client = redis_mod.Redis(host=redis.host, port=redis.port, db=redis.db, password=redis.password, socket_timeout=5)
     try:
         keys = int(client.dbsize())
+    except redis_mod.ResponseError:
+        return  # no such index (`redis.db = 99`): the lifecycle's index check says so
     finally:
         client.close()
     if not keys:
@@ -225,6 +228,3 @@ def _flushdb(info: dict[str, Any]) -> None:
         client.close()
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url
