@@ -224,9 +224,9 @@ def test_four_checkouts_on_default_ports_at_once_all_come_up(tmp_path: Path, sha
     projects = [docker_config(Project(tmp_path / f"d{i}", shared_cache), "[postgres]\n[redis]\n") for i in range(4)]
     for p in projects:
         assert "port" not in (p.root / "envkit.toml").read_text()
-    procs = [p.popen("up") for p in projects]
+    procs = [p.popen("up", "--timeout", "150") for p in projects]  # four first starts at once on two cores
     try:
-        results = [(proc.wait(180), proc.communicate()[1]) for proc in procs]
+        results = [(proc.wait(400), proc.communicate()[1]) for proc in procs]
         for code, err in results:
             assert code == 0, err
         sessions = [session_of(p) for p in projects]
