@@ -252,7 +252,7 @@ def test_four_checkouts_on_default_ports_at_once_all_come_up(tmp_path: Path, sha
 def test_down_with_an_unreachable_engine_fails_and_keeps_the_state(project: Project, client: Any, tmp_path: Path) -> None:
     """The engine's socket dies after `up`: `down` must say it could not finish, keep the record, and finish later."""
     engine = Forwarder(unix_path(tmp_path), Path("/var/run/docker.sock")).start()
-    env = project.env(DOCKER_HOST=engine.url)
+    env = project.env(DOCKER_HOST=engine.url, ENVKIT_TIMEOUT="120")  # a loaded machine: first starts are slow
     try:
         docker_config(project)
         project.cli("up", env=env, check=True)
@@ -284,7 +284,7 @@ def test_down_with_an_unreachable_engine_fails_and_keeps_the_state(project: Proj
 def test_a_run_whose_teardown_fails_keeps_its_record(project: Project, client: Any, tmp_path: Path) -> None:
     """`envkit run`'s own teardown (the lifecycle's stack, not `down`): the record outlives a failed teardown."""
     engine = Forwarder(unix_path(tmp_path), Path("/var/run/docker.sock")).start()
-    env = project.env(DOCKER_HOST=engine.url)
+    env = project.env(DOCKER_HOST=engine.url, ENVKIT_TIMEOUT="120")  # a loaded machine: first starts are slow
     ready, go = tmp_path / "ready", tmp_path / "go"
     try:
         docker_config(project)
@@ -311,7 +311,7 @@ def test_a_run_whose_teardown_fails_keeps_its_record(project: Project, client: A
 
 def test_prune_finishes_a_teardown_that_failed(project: Project, client: Any, tmp_path: Path) -> None:
     engine = Forwarder(unix_path(tmp_path), Path("/var/run/docker.sock")).start()
-    env = project.env(DOCKER_HOST=engine.url)
+    env = project.env(DOCKER_HOST=engine.url, ENVKIT_TIMEOUT="120")  # a loaded machine: first starts are slow
     try:
         docker_config(project)
         project.cli("up", env=env, check=True)
