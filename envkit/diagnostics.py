@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import redact, wait
-from .errors import BackendUnavailable, EnvkitError, Interrupted
+from . import redact, signals, wait
+from .errors import BackendUnavailable, EnvkitError
 from .state import Session, write_private
 
 if TYPE_CHECKING:
@@ -72,10 +72,8 @@ def capture(config: Config, session: Session, backend: Backend, timings: dict[st
     with wait.recording() as history:
         try:
             yield
-        except Interrupted:
-            raise  # the user stopped envkit: tear down quickly, explain nothing
-        except Exception as exc:
-            if config.diagnostics != "never":
+        except Exception as exc:  # not Interrupted (no Exception): the user stopped envkit, tear down quickly
+            if config.diagnostics != "never" and not signals.received():  # an error the signal caused explains nothing
                 t0 = time.perf_counter()
                 try:
                     path = write(config, session, backend, timings=timings, history=history, error=exc)

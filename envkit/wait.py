@@ -3,7 +3,8 @@
 A check is a small function that returns a truthy value when the service is
 ready, returns a falsy value or raises when it is not yet, and raises
 :class:`~envkit.errors.ServiceFailed` when it never will (the process died,
-the container was OOM-killed): that ends the wait at once.
+the container was OOM-killed): that ends the wait at once. A signal
+(:class:`~envkit.errors.Interrupted`) is no ``Exception``: it ends the wait too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from . import signals
 from .errors import ReadyTimeout, ServiceFailed
 
 log = logging.getLogger("envkit")
@@ -65,6 +67,7 @@ def wait_for(
     errors: dict[str, int] = {}  # distinct errors seen, in order, with counts: the health-check history
     while True:
         attempts += 1
+        signals.check()  # a signal that some library turned into an error of its own still ends the wait
         try:
             result = check()
         except (ServiceFailed, TypeError, NameError, AttributeError) as exc:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from .. import cache, ports, progress, watchdog
 from .. import render as render_module
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, Interrupted, PortInUse, ServiceFailed
+from ..errors import BackendUnavailable, PortInUse, ServiceFailed
 from ..exports import render as render_exports
 from ..proc import run
 from ..render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
@@ -131,8 +131,6 @@ class ComposeBackend:
             snapshots.save(config, where["entry"], where["docker"], engine.compose_env(config.environ),
                            session.resources["containers"]["postgres"], where["pgdata"], running.postgres,
                            session.users_file)
-        except Interrupted:
-            raise
         except Exception as exc:  # noqa: BLE001 - a snapshot only saves time: this run goes on (a tar error, a
             # server refusing the backup API, a full disk...), and says why the next one will not be faster
             log.warning("postgres: could not save a snapshot for the next run (%s); the next run migrates and seeds "

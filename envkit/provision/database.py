@@ -54,13 +54,17 @@ def connect(conninfo: str, connect_timeout: int = 5):  # type: ignore[no-untyped
 
 
 def ensure_role(pg: PostgresEndpoint) -> None:
-    """Create the application role (a superuser on a server envkit owns), or reset its password."""
+    """Create the application role on a server envkit owns, or reset its password.
+
+    Every attribute on (SUPERUSER, CREATEDB, CREATEROLE, REPLICATION, BYPASSRLS), as the Docker image's bootstrap
+    superuser has them: a suite that checks ``rolcreatedb`` sees the same on every backend.
+    """
     from psycopg import sql
 
     with connect(pg.admin_url) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (pg.user,)).fetchone()
         verb = "ALTER" if exists else "CREATE"
-        conn.execute(sql.SQL("{} ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+        conn.execute(sql.SQL("{} ROLE {} LOGIN SUPERUSER CREATEDB CREATEROLE REPLICATION BYPASSRLS PASSWORD {}").format(
             sql.SQL(verb), sql.Identifier(pg.user), sql.Literal(pg.password)))
 
 

@@ -104,8 +104,11 @@ def rows_for(users: list[dict[str, Any]], seed: SeedConfig) -> list[dict[str, An
     """Column -> value rows: renamed keys, hashed passwords, generated columns."""
     passwords = [u.get("password") for u in users]
     todo = [p for p in passwords if p is not None]
-    with ThreadPoolExecutor(max_workers=4) as pool:  # bcrypt releases the GIL
+    pool = ThreadPoolExecutor(max_workers=4)  # bcrypt releases the GIL
+    try:
         hashes = iter(list(pool.map(lambda p: hash_password(p, seed.bcrypt_rounds), todo)))
+    finally:
+        pool.shutdown(cancel_futures=True)  # on a Ctrl-C, the hashes still queued are not computed first
     rows = []
     for user, password in zip(users, passwords, strict=True):
         row = {seed.columns.get(k, k): v for k, v in user.items() if k != "password"}
