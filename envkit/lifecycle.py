@@ -301,6 +301,7 @@ def reap_stale(config: Config) -> bool:
 
 def teardown_session(config: Config, session: Session) -> None:
     """Tear down a recorded environment from any process; idempotent."""
+    config = made_with(config, session)  # its dotenv file is the one its own settings named
     with deferred_signals():
         by_name(session.backend).teardown(session)
         if config.dotenv:
