@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
-from .config import Config
-from .config import load as load_config
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     BackendUnavailable,
     BinaryNotFound,
@@ -28,7 +29,26 @@ from .errors import (
     StateError,
     UnsafeTarget,
 )
-from .lifecycle import Environment, down, environment, run, up
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .config import load as load_config
+    from .lifecycle import Environment, down, environment, run, up
+
+# Imported on first use: the CLI starts without paying for them before it can handle a Ctrl-C (envkit.signals).
+_LAZY = {"Config": ("config", "Config"), "load_config": ("config", "load"), "Environment": ("lifecycle", "Environment"),
+         "down": ("lifecycle", "down"), "environment": ("lifecycle", "environment"), "run": ("lifecycle", "run"),
+         "up": ("lifecycle", "up")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'envkit' has no attribute {name!r}")
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

@@ -7,6 +7,7 @@ least-recently-used first when the cache grows past ``cache_max_mb``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Config
+from .errors import EnvkitError
 from .proc import run
 
 log = logging.getLogger("envkit")
@@ -77,13 +79,18 @@ def store(config: Config, kind: str, key: str, src: Path | None = None, extra: I
 
 
 def clear(config: Config) -> int:
-    """Remove every cache entry, and their spare copies on tmpfs; returns the bytes freed."""
+    """Remove every cache entry, their spare copies on tmpfs, and the binaries copied for the servers' user."""
     from . import spares
+    from .backends.native import binary_copies
 
     path = root(config)
     size = _size(path)
     shutil.rmtree(path, ignore_errors=True)
     spares.clear(path)
+    with contextlib.suppress(EnvkitError):
+        copies = binary_copies(config)
+        size += _size(copies) if copies.is_dir() else 0
+        shutil.rmtree(copies, ignore_errors=True)
     return size
 
 

@@ -7,20 +7,25 @@ SIGTERM, SIGHUP; 2 for usage errors.
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from . import signals
 
-import click
+signals.install_early()  # before the slow imports below: a signal now ends envkit quietly, nothing started yet
 
-from . import __version__, distribution, lifecycle
-from . import config as config_mod
-from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted
-from .output import StageReporter, configure_logging
+import functools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import click  # noqa: E402
+
+from . import __version__, distribution, lifecycle, redact  # noqa: E402
+from . import config as config_mod  # noqa: E402
+from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted  # noqa: E402
+from .output import StageReporter, configure_logging  # noqa: E402
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -47,6 +52,10 @@ class Ctx:
         self.loaded = config_mod.load(Path.cwd(), config_file=self.opts.get("config_file"), overrides=overrides)
         return self.loaded
 
+    def redactor(self) -> redact.Redactor:
+        """The secrets this command knows of (its config's, the environment's it brought up)."""
+        return redact.for_run(self.loaded, self.up_env.session if self.up_env else None)
+
     def on_up(self, env: lifecycle.Environment) -> None:
         """The environment is up: remember it for the CI summary; in GitHub Actions, mask its secrets at once."""
         from . import ci
@@ -62,7 +71,8 @@ class Ctx:
         environ = self.loaded.environ if self.loaded is not None else os.environ
         if command in ("up", "test", "run") and ci.active(environ):
             try:
-                ci.finish(environ, ci.report(command, code, error, self.reporter.stages, self.up_env), sys.stdout)
+                ci.finish(environ, ci.report(command, code, error, self.reporter.stages, self.up_env, self.redactor()),
+                          sys.stdout)
             except (OSError, EnvkitError) as exc:  # the runner's files: never worth failing a finished run for
                 click.echo(f"envkit: could not write the GitHub Actions summary or outputs: {exc}", err=True)
 
@@ -105,28 +115,70 @@ def common(fn: Callable[..., int | None]) -> Callable[..., None]:
         opts = _merged({k: kwargs.pop(k) for k in OPTION_NAMES})
         configure_logging(-1 if opts["quiet"] else opts["verbose"])
         ctx = Ctx(**opts)
-        lifecycle.install_signal_handlers()
-        error: EnvkitError | None = None
+        signals.install()
+        error: EnvkitError | Interrupted | None = None
         try:
             code = fn(ctx, **kwargs) or 0
         except Interrupted as exc:
-            ctx.reporter.close()
-            click.echo(f"envkit: {exc}", err=True)
-            code, error = exc.exit_code, exc
+            code, error = _interrupted(ctx, exc), exc
         except EnvkitError as exc:
+            if signals.received():  # the signal caused it (a query cut off, a child stopped): say that
+                interrupted = Interrupted(signals.received() or 0)
+                interrupted.stage = exc.stage
+                code, error = _interrupted(ctx, interrupted), interrupted
+            else:
+                code, error = _failed(ctx, exc), exc
+        with signals.deferred(then_raise=False):
             ctx.reporter.close()
-            where = f" [{exc.stage}]" if exc.stage else ""
-            if opts["as_json"]:
-                click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": str(exc)}))
-            click.echo(f"envkit: error{where}: {exc}", err=True)
-            if exc.diagnostics:
-                click.echo(f"envkit: diagnostics: {exc.diagnostics}", err=True)
-            code, error = EXIT_ENVKIT_ERROR, exc
-        ctx.reporter.close()
-        ctx.finish(fn.__name__.removesuffix("_cmd"), code, error)
+            ctx.finish(fn.__name__.removesuffix("_cmd"), code, error)
+        late = signals.received()
+        if late and not isinstance(error, Interrupted):  # after the command finished: it still sets the exit code
+            click.echo(f"envkit: interrupted by {signal.Signals(late).name} after {fn.__name__.removesuffix('_cmd')} "
+                       f"finished{_left_up(ctx)}", err=True)
+            code = 128 + late
+        signals.install_early()  # exiting: a signal now must not raise into the interpreter's shutdown
         sys.exit(code)
 
     return wrapper
+
+
+def _interrupted(ctx: Ctx, exc: Interrupted) -> int:
+    ctx.reporter.close()
+    if ctx.opts["as_json"]:
+        click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": str(exc),
+                               "signal": signal.Signals(exc.signum).name}))
+    click.echo(f"envkit: {exc}{_left_up(ctx) or '; the environment was torn down'}", err=True)
+    return exc.exit_code
+
+
+def _left_up(ctx: Ctx) -> str:
+    """What a signal leaves running: the environment recorded for this checkout, if any."""
+    from .errors import StateError
+    from .state import load
+
+    if ctx.loaded is None:
+        return ""
+    try:
+        session = load(ctx.loaded)
+    except StateError:
+        return ""
+    return f"; the environment {session.label} is still up (envkit down ends it)" if session else ""
+
+
+def _failed(ctx: Ctx, exc: EnvkitError) -> int:
+    ctx.reporter.close()
+    where = f" [{exc.stage}]" if exc.stage else ""
+    # a server's log or a command's output in the message may hold a password
+    message = ctx.redactor()(str(exc))
+    if ctx.opts["as_json"]:
+        click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": message}))
+    click.echo(f"envkit: error{where}: {message}", err=True)
+    if exc.diagnostics:
+        click.echo(f"envkit: diagnostics: {exc.diagnostics}", err=True)
+        kept = exc.diagnostics / "services" / f"{exc.service}.log"
+        if exc.service and kept.is_file():  # the run's own log went with teardown: this copy stays
+            click.echo(f"envkit: {exc.service} log: {kept}", err=True)
+    return EXIT_ENVKIT_ERROR
 
 
 @click.group(context_settings=CONTEXT)
@@ -161,9 +213,11 @@ def up(ctx: Ctx, replace: bool) -> int:
             "use it (eval \"$(envkit env)\"), or replace it with envkit up --replace"
         )
     env = lifecycle.up(config, reporter=ctx.reporter)
-    env.detach()
-    ctx.on_up(env)
-    _print_connection(ctx, env.exports, env.session.backend)
+    with env.handing_over():  # a signal before the hand-over is complete tears it down
+        if config.diagnostics == "always":
+            lifecycle.diagnose(env, ctx.reporter)
+        ctx.on_up(env)
+        _print_connection(ctx, env.exports, env.session.backend)
     return 0
 
 
@@ -265,7 +319,8 @@ def status(ctx: Ctx) -> int:
     found = health.check(session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
             "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
-            "database_url": _redact(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
+            "database_url": redact.url(session.exports.get("DATABASE_URL", "")),
+            "redis_url": redact.url(session.exports.get("REDIS_URL", "")) or None,
             "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
     if ctx.opts["as_json"]:
         click.echo(json.dumps(info, indent=2))
@@ -392,7 +447,7 @@ def doctor(ctx: Ctx) -> int:
         click.echo(json.dumps({"backend": backend, "checks": doctor_mod.as_dicts(checks)}, indent=2))
     else:
         click.echo(doctor_mod.render(backend, checks), nl=False)
-    return 1 if any(c.required and not c.ok for c in checks) else 0
+    return 1 if doctor_mod.failures(checks) else 0
 
 
 @main.group()
@@ -443,26 +498,17 @@ def _diagnose_current(ctx: Ctx, config: config_mod.Config) -> None:
         click.echo(f"envkit: diagnostics: {path}", err=True)
 
 
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@", 1)
-    return url
-
-
 def _print_connection(ctx: Ctx, exports: dict[str, str], backend: str) -> None:
     if ctx.opts["as_json"]:
         click.echo(ctx.reporter.summary(ok=True, backend=backend,
-                                        exports={k: (_redact(v) if "URL" in k else "***" if "PASSWORD" in k else v)
+                                        exports={k: (redact.url(v) if "URL" in k else "***" if "PASSWORD" in k else v)
                                                  for k, v in exports.items()}))
         return
     if ctx.opts["quiet"]:
         return
     for key in ("DATABASE_URL", "REDIS_URL"):
         if key in exports:
-            click.echo(f"  {key}={_redact(exports[key])}", err=True)
+            click.echo(f"  {key}={redact.url(exports[key])}", err=True)
     click.echo('  connect: eval "$(envkit env)"   tear down: envkit down', err=True)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import json
+import logging
 import os
 import re
 import tomllib
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+
+log = logging.getLogger("envkit")
 
 BACKEND_NAMES = ("auto", "native", "docker", "external")
 MIGRATION_KINDS = ("auto", "none", "alembic", "sql", "metadata", "command")
@@ -110,6 +114,7 @@ class Config:
     cache_dir: str | None = None
     cache_max_mb: int = 1024
     cache_spare: bool = True  # native: keep a copy of the cached cluster on tmpfs for the next start (envkit.spares)
+    run_dir: str | None = None  # native: the folder run directories are made in; default /dev/shm, else the temp dir
     keep: bool = False
     keep_on_failure: bool = False
     allow_unsafe: bool = False  # let the guard pass databases that do not look disposable (logged)
@@ -155,6 +160,9 @@ _SECTIONS: dict[str, type] = {
 }
 # Environment variables with names of their own, besides ENVKIT_<SECTION>_<KEY>.
 _ENV_ALIASES = {"ENVKIT_PG_BINDIR": ("postgres", "bindir")}
+# ENVKIT_* names that are not settings: what envkit exports to the child, markers, the plugin's switch.
+_ENV_OTHERS = {"ENVKIT_NAME", "ENVKIT_STATE_FILE", "ENVKIT_USERS_FILE", "ENVKIT_SCHEMA", "ENVKIT_SESSION",
+               "ENVKIT_STARTED_BY", "ENVKIT_REQUIRE", "ENVKIT_REDIS_PREFIX"}
 _NOT_FROM_ENV = {"root", "source", "environ", "postgres", "redis", "migrations", "seed", "env", "services"}
 
 
@@ -238,6 +246,17 @@ def _read_dotenv(path: Path, source: str) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+_warned: set[str] = set()
+
+
+def env_names() -> set[str]:
+    """Every ``ENVKIT_*`` name envkit reads or sets."""
+    names = {f"ENVKIT_{n.upper()}" for n in {f.name for f in dataclasses.fields(Config)} - _NOT_FROM_ENV | {"project"}}
+    for section, cls in _SECTIONS.items():
+        names |= {f"ENVKIT_{section}_{f.name}".upper() for f in dataclasses.fields(cls)}
+    return names | set(_ENV_ALIASES) | _ENV_OTHERS
+
+
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
     for name, value in env.items():
         if not name.startswith("ENVKIT_"):
@@ -251,6 +270,11 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
             _set(data, [section, key], value, from_env=name)
         elif rest in {f.name for f in dataclasses.fields(Config)} - _NOT_FROM_ENV or rest == "project":
             _set(data, [rest], value, from_env=name)
+        elif name not in _ENV_OTHERS and name not in _warned:
+            _warned.add(name)  # once per process, however often the config is loaded
+            close = difflib.get_close_matches(name, sorted(env_names()), n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]}?" if close else "; envkit ignores it (README: Configuration)"
+            log.warning("the environment sets %s, which is no envkit setting%s", name, hint)
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any, from_env: str | None = None) -> None:
@@ -298,8 +322,11 @@ def _convert(value: Any, expected: Any, source: str, where: str) -> Any:
         if result is not _FAIL:
             return result
     names = " or ".join(_type_name(o) for o in options)
-    origin_text = f" (from ${variable})" if variable else ""
-    raise ConfigError(f"{source}: {where}{origin_text} must be {names}, found {type(value).__name__} {value!r}")
+    if variable:  # an environment variable is always a string: say what it holds, not its type
+        forms = " (1/0, true/false, yes/no, on/off)" if bool in options else ""
+        raise ConfigError(f"${variable} (the setting {where}) must be {names}{forms}, found {str(value)!r}; "
+                          "fix or unset the variable")
+    raise ConfigError(f"{source}: {where} must be {names}, found {type(value).__name__} {value!r}")
 
 
 _FAIL = object()
@@ -334,7 +361,7 @@ def _try(value: Any, option: Any, from_env: bool) -> Any:
         return str(value) if isinstance(value, str) else _FAIL
     if base is list:
         if from_env:
-            return [part.strip() for part in value.split(",") if part.strip()]
+            return _env_list(value)
         return list(value) if isinstance(value, list) else _FAIL
     if base is dict:
         if not (isinstance(value, Mapping) and all(isinstance(k, str) for k in value)):
@@ -345,6 +372,19 @@ def _try(value: Any, option: Any, from_env: bool) -> Any:
             return {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
         return dict(value)
     return _FAIL
+
+
+def _env_list(value: str) -> Any:
+    """A list from the environment: a JSON array (``["sh", "-c", "a, b"]``), else comma-separated items."""
+    if value.lstrip().startswith("["):
+        try:
+            items = json.loads(value)
+        except ValueError:
+            return _FAIL
+        if isinstance(items, list) and all(isinstance(i, (str, int, float)) and not isinstance(i, bool) for i in items):
+            return [str(i) for i in items]
+        return _FAIL
+    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _type_name(option: Any) -> str:
@@ -363,8 +403,10 @@ def _validate(config: Any, source: str) -> None:
     if isinstance(config, Config):
         choice("backend", config.backend, BACKEND_NAMES)
         choice("diagnostics", config.diagnostics, DIAGNOSTICS_MODES)
-        if config.timeout <= 0:
+        if not 0 < config.timeout < float("inf"):  # NaN fails both comparisons
             raise ConfigError(f"{source}: timeout must be a positive number of seconds, found {config.timeout}")
+        if config.cache_max_mb < 0:
+            raise ConfigError(f"{source}: cache_max_mb must be 0 or more megabytes, found {config.cache_max_mb}")
     elif isinstance(config, MigrationsConfig):
         choice("migrations.kind", config.kind, MIGRATION_KINDS)
         if config.kind == "metadata" and not config.target:
@@ -378,8 +420,11 @@ def _validate(config: Any, source: str) -> None:
         port = config.port
         if isinstance(port, str) and port != "auto" and not port.isdigit():
             raise ConfigError(f"{source}: {section}.port must be a port number, 0 or 'auto', found {port!r}")
-        if port is not None and str(port).isdigit() and not 0 <= int(port) <= 65535:
-            raise ConfigError(f"{source}: {section}.port must be between 0 and 65535, found {port}")
+        if port is not None and port != "auto" and not 0 <= int(port) <= 65535:
+            raise ConfigError(f"{source}: {section}.port must be between 0 and 65535 (0: any free port), found {port}")
+        if isinstance(config, RedisConfig) and config.db < 0:
+            raise ConfigError(f"{source}: redis.db must be a database index, 0 or more (a default server has 0 to "
+                              f"15), found {config.db}")
     elif isinstance(config, SeedConfig):
         if not 4 <= config.bcrypt_rounds <= 31:
             raise ConfigError(f"{source}: seed.bcrypt_rounds must be between 4 and 31, found {config.bcrypt_rounds}")

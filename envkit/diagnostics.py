@@ -11,7 +11,8 @@ always (``"always"``, ``--diagnostics``), *before* teardown removes the logs::
         services/<name>.json   its state (running, exit code, ...) and health-check history
         compose/<file>         the rendered compose file, when the backend wrote one
 
-Every file is private (0600) and every known secret is replaced by ``***``.
+Every file is private (0600) and every known secret is replaced by ``***`` in each spelling envkit
+writes it in (:mod:`envkit.redact`). Only the compose file this session rendered is copied.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
-from . import exports, wait
-from .errors import EnvkitError, Interrupted
+from . import redact, signals, wait
+from .errors import BackendUnavailable, EnvkitError
 from .state import Session, write_private
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ log = logging.getLogger("envkit")
 FOLDER = "diagnostics"
 KEEP = 5  # bundles kept per checkout; older ones are removed when a new one is written
 _SECRET_KEY = re.compile(r"password|secret|token", re.IGNORECASE)
-_PASSWORD_SETTING = re.compile(r"(\bpassword\s*=\s*)(?!\*\*\*)[^\s'\"]+", re.IGNORECASE)  # libpq key=value strings
 
 
 #: The service a stage works on, for errors that do not name one themselves.
@@ -73,10 +72,8 @@ def capture(config: Config, session: Session, backend: Backend, timings: dict[st
     with wait.recording() as history:
         try:
             yield
-        except Interrupted:
-            raise  # the user stopped envkit: tear down quickly, explain nothing
-        except Exception as exc:
-            if config.diagnostics != "never":
+        except Exception as exc:  # not Interrupted (no Exception): the user stopped envkit, tear down quickly
+            if config.diagnostics != "never" and not signals.received():  # an error the signal caused explains nothing
                 t0 = time.perf_counter()
                 try:
                     path = write(config, session, backend, timings=timings, history=history, error=exc)
@@ -99,8 +96,8 @@ def write(config: Config, session: Session, backend: Backend, *, timings: Mappin
     for path in (folder(config), out, out / "services"):
         path.mkdir(mode=0o700, exist_ok=True)
         os.chmod(path, 0o700)
-    scrub = _scrubber(config, session)
-    per_service = _collect(backend, session)
+    scrub = redact.for_run(config, session)
+    per_service = _collect(backend, session, error)
     history = list(history)
     for name, info in per_service.items():
         info.setdefault("health", [])
@@ -117,7 +114,7 @@ def write(config: Config, session: Session, backend: Backend, *, timings: Mappin
     summary["health"] = history
     summary["compose_files"] = [str(f) for f in compose]
     write_private(out / "environment.json", scrub(json.dumps(summary, indent=2, default=str)))
-    write_private(out / "config.json", json.dumps(redacted_config(config), indent=2, default=str))
+    write_private(out / "config.json", scrub(json.dumps(redacted_config(config), indent=2, default=str)))
     write_private(out / "README.md", scrub(readme(summary)))
     _prune(folder(config), keep=out)
     return out
@@ -206,13 +203,18 @@ def readme(summary: Mapping[str, Any]) -> str:
 
 # -- helpers ---------------------------------------------------------------------
 
-def _collect(backend: Backend, session: Session) -> dict[str, dict[str, Any]]:
+def _collect(backend: Backend, session: Session, error: BaseException | None) -> dict[str, dict[str, Any]]:
     from .backends.base import SupportsDiagnostics
 
     out: dict[str, dict[str, Any]] = {}
+    if isinstance(error, BackendUnavailable):
+        return out  # no engine to ask: the error says so already, and saying it twice more helps nobody
     if isinstance(backend, SupportsDiagnostics):
         try:
             out = {name: dict(info) for name, info in backend.diagnostics(session).items()}
+        except BackendUnavailable as exc:
+            log.warning("%s backend: the services' logs cannot be read: %s", session.backend, exc)
+            return out
         except Exception as exc:  # noqa: BLE001 - a half-dead backend: fall back to its logs
             log.warning("%s backend: diagnostics failed (%s); collecting its logs only", session.backend, exc)
     if not out:
@@ -235,35 +237,13 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def _compose_files(config: Config, session: Session) -> list[Path]:
+    # only the files this session recorded: .envkit/ may hold an earlier docker run's compose file
     candidates = [Path(v) for v in _strings(session.resources) if v.endswith((".yml", ".yaml")) and "\n" not in v]
-    candidates += sorted(config.state_path.glob("*.y*ml"))
-    candidates += sorted(config.state_path.glob(f"*{session.label}*/*.y*ml"))
     seen: dict[Path, None] = {}
     for path in candidates:
         if path.is_file() and FOLDER not in path.parts:
             seen.setdefault(path.resolve())
     return list(seen)
-
-
-def _scrubber(config: Config, session: Session) -> Callable[[str], str]:
-    values = set(exports.secrets_of(session.exports))
-    values |= {v for v in (config.postgres.password, session.info.get("password")) if isinstance(v, str)}
-    urls = [config.postgres.url, config.redis.url, config.environ.get("DATABASE_URL"), config.environ.get("REDIS_URL"),
-            *session.exports.values(), *_strings(session.resources)]
-    for url in urls:
-        if url and "://" in url:
-            with contextlib.suppress(ValueError):
-                if urlsplit(url).password:
-                    values.add(unquote(urlsplit(url).password or ""))
-                    values.add(urlsplit(url).password or "")
-    secrets = sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
-
-    def scrub(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "***")
-        return _PASSWORD_SETTING.sub(r"\1***", text)
-
-    return scrub
 
 
 def _redact(value: Any, key: str = "") -> Any:
@@ -273,12 +253,8 @@ def _redact(value: Any, key: str = "") -> Any:
         return [_redact(v, key) for v in value]
     if isinstance(value, str) and value:
         if _SECRET_KEY.search(key):
-            return "***"
-        if "://" in value:
-            with contextlib.suppress(ValueError):
-                password = urlsplit(value).password
-                if password:
-                    return value.replace(f":{password}@", ":***@", 1)
+            return redact.MASK
+        return redact.url(value)
     return value
 
 

@@ -3,7 +3,8 @@
 Each check is a small function returning a :class:`Check`. What the chosen
 backend needs is *required* (a failure makes ``envkit doctor`` exit 1); the
 rest is reported for information, with the fix, so that switching backends
-holds no surprise.
+holds no surprise. "ready" means that every required check passed; a check
+that crashes is a failed required check, never a silent pass.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def run(config: Config | None, error: EnvkitError | None = None) -> tuple[str, l
         try:
             found = fn(config, backend)
         except Exception as exc:  # noqa: BLE001 - a check that crashes is a finding, not the end of the report
-            found = [Check(fn.__name__.strip("_"), False, f"the check itself failed: {exc}", "", False)]
+            found = [Check(fn.__name__.strip("_"), False, f"the check itself failed: {type(exc).__name__}: {exc}",
+                           "report this as an envkit bug, with the output of envkit doctor -vv", True)]
         checks += found
     return backend, checks
 
@@ -54,9 +56,14 @@ def render(backend: str, checks: list[Check]) -> str:
         lines.append(f"  {check.status:<8} {check.name:<14} {check.detail}")
         if not check.ok and check.fix:
             lines.append(f"  {'':<8} {'':<14} fix: {check.fix}")
-    failed = [c.name for c in checks if c.required and not c.ok]
+    failed = failures(checks)
     lines.append(f"envkit doctor: {'not ready: ' + ', '.join(failed) if failed else 'ready'}")
     return "\n".join(lines) + "\n"
+
+
+def failures(checks: list[Check]) -> list[str]:
+    """The names of the failed required checks: "ready" means there are none."""
+    return [c.name for c in checks if c.required and not c.ok]
 
 
 def as_dicts(checks: list[Check]) -> list[dict[str, Any]]:
@@ -109,6 +116,48 @@ def _compose(config: Config, backend: str) -> list[Check]:
     return [Check("compose", True, f"docker compose {version}")]
 
 
+def _images(config: Config, backend: str) -> list[Check]:
+    """Docker: each image is on the engine, or the registry has it (what `up` would pull)."""
+    from .backends import docker_reachable
+    from .proc import run, which
+
+    docker = which("docker", config.environ.get("PATH"))
+    if backend != "docker" or docker is None or not docker_reachable(config.environ, timeout=2):
+        return []
+    images = [(s, i) for s, i, on in (("postgres", config.postgres.image, config.postgres.enabled),
+                                      ("redis", config.redis.image, config.redis.enabled)) if on]
+    checks = []
+    for service, image in images:
+        env = dict(config.environ)
+        if run([docker, "image", "inspect", "--format", "{{.Id}}", image], env=env, timeout=20, check=False).returncode == 0:
+            checks.append(Check(f"{service} image", True, f"{image} is on the engine"))
+            continue
+        remote = run([docker, "manifest", "inspect", image], env=env, timeout=30, check=False)
+        if remote.returncode == 0:
+            checks.append(Check(f"{service} image", True, f"{image} is not pulled yet; the registry has it"))
+            continue
+        said = (remote.stdout.strip().splitlines() or ["no answer"])[-1]
+        checks.append(Check(f"{service} image", False, f"{image} is not on the engine and cannot be pulled ({said})",
+                            f"check {service}.image, `docker pull {image}`, or tag an image you have as {image}", True))
+    return checks
+
+
+def _user_services(config: Config, backend: str) -> list[Check]:
+    if not config.services:
+        return []
+    names = ", ".join(sorted(config.services))
+    if backend != "docker":
+        return [Check("services", False, f"[services] defines {names}, but the {backend} backend runs only postgres "
+                      "and redis: they would not start", "use --backend docker, or remove [services]", True)]
+    from .services import specs
+
+    try:
+        specs(config)
+    except EnvkitError as exc:
+        return [Check("services", False, str(exc), "fix the [services] table named above", True)]
+    return [Check("services", True, f"{names} (docker)")]
+
+
 def _postgres_binaries(config: Config, backend: str) -> list[Check]:
     from .backends.binaries import find_postgres
 
@@ -119,7 +168,7 @@ def _postgres_binaries(config: Config, backend: str) -> list[Check]:
     except EnvkitError as exc:
         return [Check("postgres", False, str(exc).split(". ")[0], f"apt install postgresql, or {EMBEDDED_HINT}",
                       backend == "native")]
-    return [Check("postgres", True, f"PostgreSQL {bins.version} ({bins.source}, {bins.bindir})")]
+    return [Check("postgres", True, f"PostgreSQL {bins.version} ({bins.source}: {bins.bindir}, found by {bins.found_by})")]
 
 
 def _redis_binary(config: Config, backend: str) -> list[Check]:
@@ -132,7 +181,9 @@ def _redis_binary(config: Config, backend: str) -> list[Check]:
     except EnvkitError as exc:
         return [Check("redis", False, str(exc).split(". ")[0], f"apt install redis-server, or {EMBEDDED_HINT}",
                       backend == "native")]
-    return [Check("redis", True, f"Redis {binary.version} ({binary.source}, {binary.path})")]
+    skipped = f"; passed over: {'; '.join(binary.skipped)}" if binary.skipped else ""
+    return [Check("redis", True, f"Redis {binary.version} ({binary.source}: {binary.path}, found in {binary.found_by}"
+                                 f"{skipped})")]
 
 
 def _embedded(config: Config, backend: str) -> list[Check]:
@@ -264,7 +315,8 @@ def _seed_schema(config: Config, backend: str) -> list[Check]:
         if exc.stage == "migrate":
             return [Check("seed schema", False, f"the migrations fail in a throwaway database: {first}",
                           "fix the migrations (or the [env] names they read)", True)]
-        return [Check("seed schema", False, f"not checked: no throwaway {backend} environment came up ({first})", "")]
+        return [Check("seed schema", False, f"not checked: no throwaway {backend} environment came up ({first})",
+                      "fix what the message names: `envkit up` would fail the same way", True)]
     return [Check("seed schema", True, f"{count} users go into {config.seed.table} (a throwaway {backend} environment, "
                                        "migrated and seeded, then torn down)")]
 
@@ -284,5 +336,5 @@ def _rel(path: Path, root: Path) -> str:
 
 
 CHECKS: tuple[Callable[[Config, str], list[Check]], ...] = (
-    _docker, _compose, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed,
-    _seed_schema, _environment)
+    _docker, _compose, _images, _postgres_binaries, _redis_binary, _embedded, _external, _ports, _migrations, _seed,
+    _seed_schema, _user_services, _environment)

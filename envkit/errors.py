@@ -13,14 +13,20 @@
     │   ├── MigrationFailed          a migration (file, revision, command) failed
     │   ├── SeedError                seeding failed (bad user, password too long, ...)
     │   └── UnsafeTarget             refused to touch a database envkit did not create
-    ├── StateError                   the .envkit state is missing or unreadable
-    │   ├── StaleEnvironment         the environment left up was built from other migrations or seeds
-    │   └── EnvironmentGone          a server, container or the database of the environment left up is gone
+    └── StateError                   the .envkit state is missing or unreadable
+        ├── StaleEnvironment         the environment left up was built from other migrations or seeds
+        └── EnvironmentGone          a server, container or the database of the environment left up is gone
+
+    KeyboardInterrupt
     └── Interrupted                  a signal (SIGINT, SIGTERM, SIGHUP) stopped envkit
 
 Every message says what was checked, what was found and how to fix it; the
-CLI prints ``str(error)`` and exits with ``EXIT_ENVKIT_ERROR`` (or the
-signal's code for ``Interrupted``).
+CLI prints ``str(error)`` and exits with ``EXIT_ENVKIT_ERROR``.
+
+``Interrupted`` is deliberately not an ``EnvkitError`` (nor an ``Exception``):
+no ``except Exception`` may take a Ctrl-C for "not ready yet" or "the migration
+failed". The CLI exits with the signal's code (130, 143, 129); see
+:mod:`envkit.signals`.
 """
 
 from __future__ import annotations
@@ -134,13 +140,19 @@ class EnvironmentGone(StateError):
             "(or `envkit down`, then `envkit up`) for a fresh one")
 
 
-class Interrupted(EnvkitError):
-    """envkit was stopped by a signal; everything started has been torn down."""
+class Interrupted(KeyboardInterrupt):
+    """envkit was stopped by a signal; raised in the main thread, and teardown still runs."""
+
+    stage: str | None = None  # the lifecycle stage it stopped, set by the pipeline
+    service: str | None = None
+    diagnostics: Path | None = None
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
-        name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name}; the environment was torn down")
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    def __str__(self) -> str:
+        return str(self.args[0]) + (f" during {self.stage}" if self.stage else "")
 
     @property
     def exit_code(self) -> int:

@@ -10,8 +10,11 @@ failure or a signal at any stage unwinds exactly what was started before it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -23,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, health, progress, state
+from . import cache, diagnostics, exports, health, progress, signals, state
 from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
 from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError
-from .provision import database
+from .proc import end_child
+from .provision import database, redis_index
 from .provision.migrate import kind_of, migrate
 from .provision.seed import seed
 from .state import Session, write_private
@@ -78,13 +82,27 @@ class Environment:
         """Tear everything down; safe to call twice."""
         stack, self._stack = self._stack, None
         if stack is not None:
-            with deferred_signals():
-                stack.close()
+            stack.close()
 
     def detach(self) -> None:
         """Leave it running for later commands (``envkit up``); ``envkit down`` ends it."""
         self.session.detached = True
         self.session.save()
+        self._stack = None
+
+    @contextlib.contextmanager
+    def handing_over(self) -> Iterator[None]:
+        """Around the last steps of ``envkit up``: a signal (or failure) before the hand-over is recorded
+        tears the environment down; afterwards it belongs to ``envkit down``."""
+        try:
+            yield
+            with signals.deferred(then_raise=False):  # the state is written whole, then the signal is looked at
+                self.session.detached = True
+                self.session.save()
+            signals.check()
+        except BaseException:
+            self.down()
+            raise
         self._stack = None
 
     def __enter__(self) -> Environment:
@@ -115,11 +133,18 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             with progress.listening(lambda service, what: report(name, "progress", time.perf_counter() - t0,
                                                                  f"{service}: {what}")):
                 result = fn(*args)
-        except EnvkitError as exc:
-            exc.stage = exc.stage or name
+            signals.check()  # an interruption that something inside swallowed stops the pipeline here
+        except BaseException as exc:
+            failure = _interruption(exc)
+            if not isinstance(failure, EnvkitError | Interrupted):
+                raise  # a bug in envkit: the CLI prints its traceback
+            failure.stage = failure.stage or name
             timings[name] = time.perf_counter() - t0
-            report(name, "failed", timings[name], str(exc).splitlines()[0])
-            raise
+            report(name, "failed", timings[name], str(failure.args[0] if isinstance(failure, Interrupted) else failure)
+                   .splitlines()[0])
+            if failure is exc:
+                raise
+            raise failure from exc
         timings[name] = time.perf_counter() - t0
         report(name, "done", timings[name], detail(result) if callable(detail) else detail)
         return result
@@ -129,9 +154,12 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         _preimport("jinja2")
     reap_stale(config)
     backend = select_backend(config)
+    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
+        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
+                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
-    with ExitStack() as stack, diagnostics.capture(config, session, backend, timings, report):
+    with TeardownStack() as stack, diagnostics.capture(config, session, backend, timings, report):
         stack.callback(session.remove)
         if config.watchdog:  # tears down if this process is killed before it can (SIGKILL)
             stack.callback(start_watchdog(config, session))
@@ -141,8 +169,7 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
-        running = stage("start", backend.start, config, session, stack, key,
-                        detail=lambda r: _describe(r, session))
+        running = stage("start", _start, backend, config, session, stack, key, detail=lambda r: _describe(r, session))
         pg = running.postgres
         env = exports.build(config, running, session)
         if pg:
@@ -166,8 +193,37 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
             dotenv_path = config.path(config.dotenv)
             write_private(dotenv_path, exports.format_env(env, "dotenv"))
             stack.callback(dotenv_path.unlink, missing_ok=True)
+        signals.check()
         return Environment(config, session, running, env, timings, stack.pop_all())
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class TeardownStack(ExitStack):
+    """An ExitStack that unwinds with signals deferred: a second Ctrl-C does not cut teardown short."""
+
+    def __exit__(self, *exc: Any) -> bool:
+        with signals.deferred(then_raise=exc[0] is None):
+            suppressed = super().__exit__(*exc)
+        return bool(suppressed)
+
+
+def _interruption(exc: BaseException) -> BaseException:
+    """Once a signal arrived, the error it caused (a query cut off, a rollback refused) is not the news."""
+    signum = signals.received()
+    if signum is None or isinstance(exc, Interrupted) or not isinstance(exc, Exception):
+        return exc
+    return Interrupted(signum)
+
+
+def _start(backend: Any, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+    running: Running = backend.start(config, session, stack, key)
+    if running.redis:
+        try:
+            redis_index.check(running.redis)
+        except EnvkitError as exc:
+            exc.service = "redis"
+            raise
+    return running
 
 
 def _probe(pg: Any, timeout: float) -> bool:
@@ -197,6 +253,7 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
         session.resources.setdefault("created_databases", []).append(name)
         session.save()
         stack.callback(database.drop_database, pg, name, created_by_envkit=True)
+    gc.collect()  # an in-process migration's engine (Alembic's env.py) closes its pooled connections when collected
     database.make_template(pg, name, timeout=config.timeout)
 
 
@@ -222,10 +279,28 @@ def _describe(running: Running, session: Session) -> str:
     return ", ".join(parts) + (" (snapshot)" if running.restored else "")
 
 
+_preimports: list[threading.Thread] = []
+
+
 def _preimport(module: str) -> None:
     """Import a heavy module in the background while servers start."""
     if module not in sys.modules:
-        threading.Thread(target=__import__, args=(module,), daemon=True).start()
+        thread = threading.Thread(target=__import__, args=(module,), daemon=True, name=f"envkit-import-{module}")
+        thread.start()
+        if not _preimports:
+            atexit.register(_finish_preimports)
+        _preimports.append(thread)
+
+
+def _finish_preimports() -> None:
+    """At exit, let background imports finish while threads still run.
+
+    A daemon thread frozen by interpreter shutdown in the middle of an import keeps that module's
+    lock for ever, and whatever imports it during shutdown then waits for ever.
+    """
+    deadline = time.monotonic() + 10
+    for thread in _preimports:
+        thread.join(max(deadline - time.monotonic(), 0))
 
 
 @contextlib.contextmanager
@@ -302,7 +377,8 @@ def reap_stale(config: Config) -> bool:
 def teardown_session(config: Config, session: Session) -> None:
     """Tear down a recorded environment from any process; idempotent."""
     config = made_with(config, session)  # its dotenv file is the one its own settings named
-    with deferred_signals():
+    with signals.deferred():
+        end_child(session.resources.get("child"), session.label)  # the tests of an owner that was killed
         by_name(session.backend).teardown(session)
         if config.dotenv:
             config.path(config.dotenv).unlink(missing_ok=True)
@@ -329,7 +405,7 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
     try:
         if on_up:
             on_up(env)
-        code = run_child(argv, {**config.environ, **env.exports})
+        code = run_child(argv, {**config.environ, **env.exports}, session=env.session)
         return code
     finally:
         if keep or (keep_on_failure and code != 0):
@@ -337,15 +413,19 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
             if on_kept:
                 on_kept(env)
         else:
-            if config.diagnostics == "always":
-                _diagnose(env, reporter or _log_reporter)
-            t0 = time.perf_counter()
-            env.down()
-            (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
+            try:
+                if config.diagnostics == "always" and not signals.received():
+                    with signals.deferred():
+                        diagnose(env, reporter)
+            finally:
+                t0 = time.perf_counter()
+                env.down()
+                (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
 
 
-def _diagnose(env: Environment, report: Reporter) -> None:
-    """Write the diagnostics bundle of a running environment (``--diagnostics``), before it goes down."""
+def diagnose(env: Environment, reporter: Reporter | None = None) -> None:
+    """Write the diagnostics bundle of a running environment (``--diagnostics``): after ``up``, or before it goes down."""
+    report = reporter or _log_reporter
     t0 = time.perf_counter()
     try:
         path = diagnostics.write(env.config, env.session, by_name(env.session.backend), timings=env.timings,
@@ -356,55 +436,64 @@ def _diagnose(env: Environment, report: Reporter) -> None:
         report("diagnostics", "done", time.perf_counter() - t0, f"written to {path}")
 
 
-def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None) -> int:
-    """Run a command; on a signal, pass it on, give the child a moment, then kill it."""
+#: After a signal, how long the child has to exit before SIGTERM, then before SIGKILL (a further signal cuts
+#: either short). With teardown after it, this fits CI cancellation: GitHub Actions sends SIGINT, SIGTERM
+#: 7.5 s later, and kills the whole tree 2.5 s after that.
+CHILD_GRACE = (3.0, 1.5)
+
+
+def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None, session: Session | None = None) -> int:
+    """Run a command; on a signal, pass it on once, give the child a moment, then SIGTERM, then SIGKILL.
+
+    In the foreground of a terminal the child shares envkit's process group (Ctrl-C, Ctrl-Z and a debugger
+    reading the terminal work as if it ran alone): the terminal's SIGINT or SIGHUP reaches it directly and
+    is not sent again. Anywhere else (CI, an IDE, a service) it gets a process group of its own, and every
+    signal is passed on exactly once, to that group. ``session``: the child is recorded there, so that the
+    watchdog (or the next ``envkit down``) can end it when envkit is killed.
+    """
+    shared = signals.foreground()
     try:
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd)
+        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, process_group=None if shared else 0)
     except FileNotFoundError:
         raise EnvkitError(f"cannot run {argv[0]!r}: command not found") from None
     try:
+        if session is not None:
+            session.resources["child"] = {"pid": proc.pid, "pgid": None if shared else proc.pid}
+            session.save()
         return proc.wait()
     except Interrupted as exc:
-        with deferred_signals():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(exc.signum)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        with signals.deferred(then_raise=False):
+            _stop_child(proc, exc.signum, shared)
         raise
 
 
-# -- signals -------------------------------------------------------------------
+def _stop_child(proc: subprocess.Popen[bytes], signum: int, shared: bool) -> None:
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if shared:
+                os.kill(proc.pid, sig)
+            else:
+                os.killpg(proc.pid, sig)
 
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_deferred: list[int] = []
-_deferring = 0
+    if proc.poll() is None and not (shared and signum in (signal.SIGINT, signal.SIGHUP)):
+        send(signum)  # the terminal sent these to the whole foreground group already
+    seen = signals.count()
+    for grace, sig in zip(CHILD_GRACE, [s for s in (signal.SIGTERM, signal.SIGKILL) if s != signum], strict=False):
+        deadline = time.monotonic() + grace
+        while proc.poll() is None and time.monotonic() < deadline and signals.count() == seen:
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            break
+        seen = signals.count()
+        log.warning("the command (pid %d) is still running; sending it %s", proc.pid, signal.Signals(sig).name)
+        send(sig)
+    if proc.poll() is None:  # SIGKILLed: gone in a moment
+        proc.wait()
+    end_child({"pid": proc.pid, "pgid": None if shared else proc.pid}, None)  # what it left running in its group
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    if _deferring:
-        _deferred.append(signum)
-        log.warning("received %s during teardown; finishing teardown first", signal.Signals(signum).name)
-        return
-    raise Interrupted(signum)
+# -- signals (see envkit.signals) ----------------------------------------------
 
-
-def install_signal_handlers() -> None:
-    """Turn SIGINT, SIGTERM and SIGHUP into :class:`Interrupted` (main thread only)."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in HANDLED_SIGNALS:
-            signal.signal(sig, _raise_interrupted)
-
-
-@contextlib.contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Teardown is not interrupted: signals that arrive meanwhile are noted, not raised."""
-    global _deferring
-    _deferring += 1
-    try:
-        yield
-    finally:
-        _deferring -= 1
+HANDLED_SIGNALS = signals.HANDLED
+install_signal_handlers = signals.install
+deferred_signals = signals.deferred

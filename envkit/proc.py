@@ -9,11 +9,13 @@ SIGKILL after a grace period.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +23,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import signals
 from .errors import BinaryNotFound, CommandFailed
 
 log = logging.getLogger("envkit")
@@ -55,6 +58,24 @@ class RunAs:
             for name in dirs + files:
                 os.chown(os.path.join(folder, name), self.uid, self.gid, follow_symlinks=False)
 
+    def can_reach(self, path: Path, *, execute: bool = False) -> bool:
+        """Whether this account can get to ``path`` and read it (and run it), by its mode bits and those of every
+        folder on the way (to a symlink and to its target)."""
+        try:
+            for target in dict.fromkeys((Path(os.path.abspath(path)), path.resolve())):
+                for folder in reversed(target.parents):
+                    if not self._allowed(os.stat(folder), 0o1):
+                        return False
+            st = os.stat(path)
+        except OSError:
+            return False
+        wanted = 0o4 | (0o1 if execute or stat.S_ISDIR(st.st_mode) else 0)
+        return self._allowed(st, wanted)
+
+    def _allowed(self, st: os.stat_result, bits: int) -> bool:
+        shift = 6 if st.st_uid == self.uid else 3 if st.st_gid == self.gid else 0
+        return (st.st_mode >> shift) & bits == bits
+
     def popen_kwargs(self) -> dict[str, object]:
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
@@ -80,6 +101,7 @@ def run(
     except subprocess.TimeoutExpired as exc:
         out = exc.output.decode() if isinstance(exc.output, bytes) else (exc.output or "")
         raise CommandFailed(argv, -1, f"timed out after {timeout} s\n{out}") from None
+    signals.check()  # a child that the same Ctrl-C stopped failed because of it: report the signal
     if check and result.returncode != 0:
         raise CommandFailed(argv, result.returncode, result.stdout)
     return result
@@ -120,6 +142,7 @@ def reading(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeou
         proc.stdout.close()
         errors = proc.stderr.read().decode(errors="replace")
         proc.stderr.close()
+    signals.check()
     if code != 0:
         raise CommandFailed(argv, code, errors)
 
@@ -202,13 +225,77 @@ def stop_groups(
     _reap(procs)
 
 
-def marked(pid: int, marker: str) -> bool:
-    """Whether process ``pid`` carries ``ENVKIT_SESSION=marker`` (guards against reused pids)."""
+def marked(pid: int, marker: str, variable: str = "ENVKIT_SESSION") -> bool:
+    """Whether process ``pid`` carries ``variable=marker`` (guards against reused pids)."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as fh:
-            return f"ENVKIT_SESSION={marker}".encode() in fh.read().split(b"\0")
+            return f"{variable}={marker}".encode() in fh.read().split(b"\0")
     except OSError:
         return False
+
+
+def end_child(record: Mapping[str, int | None] | None, label: str | None, *, sig: int = signal.SIGTERM,
+              grace: float = 2.0) -> None:
+    """End a command envkit handed off to, with what it started, if it still runs: ``sig``, then SIGKILL.
+
+    ``record`` is ``{"pid": ..., "pgid": ...}`` as :func:`envkit.lifecycle.run_child` wrote it: with a
+    process group of its own the whole group goes; in a terminal's group, the child and those of its
+    descendants still in that group (servers a nested envkit started have sessions of their own, and
+    their own teardown). ``label``: the session whose ``ENVKIT_NAME`` they must carry (a reused pid is
+    never signalled), or None when the caller started them itself.
+    """
+    if not record or not record.get("pid"):
+        return
+    pid, pgid = int(record["pid"] or 0), record.get("pgid")
+
+    def ours(p: int) -> bool:
+        return alive(p) and (label is None or marked(p, label, "ENVKIT_NAME"))
+
+    if pgid:
+        if any(ours(p) for p in _members(int(pgid))):
+            stop_groups([(int(pgid), sig)], grace=grace)
+        return
+    group = _stat_fields(pid)
+    tree = [p for p in _descendants(pid) if ours(p) and group and _stat_fields(p)[2:3] == group[2:3]]
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, sig)
+    deadline = time.monotonic() + grace
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for p in tree:
+        if alive(p):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, ...; empty when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return []
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (by parent pid)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def _members(pgid: int) -> list[int]:
+    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and _stat_fields(int(e.name))[2:3] == [str(pgid)]]
 
 
 def _reap(procs: list[subprocess.Popen[bytes]] | None) -> None:

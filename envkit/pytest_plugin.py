@@ -213,6 +213,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     session.config.stash[_PLUGIN].finish_process()
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Clone-isolated tests get databases prepared ahead: say how many to expect."""
+    plugin = session.config.stash.get(_PLUGIN, None)
+    if plugin is not None and plugin.workspace is not None and not session.config.option.collectonly:
+        wanted = sum(1 for item in session.items if _isolation_of(item) == "clone")
+        plugin.workspace.expect_clones(wanted)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     plugin = config.stash.get(_PLUGIN, None)
     return plugin.header() if plugin else []
@@ -518,6 +526,11 @@ def _plugin(request: pytest.FixtureRequest) -> _Plugin:
     return request.config.stash[_PLUGIN]
 
 
+def _isolation_of(node: pytest.Item) -> str | None:
+    marker = node.get_closest_marker("envkit")
+    return marker.kwargs.get("isolation", isolation.DEFAULT) if marker else None
+
+
 def _isolation(node: pytest.Item) -> str:
     marker = node.get_closest_marker("envkit")
     value = marker.kwargs.get("isolation", isolation.DEFAULT) if marker else isolation.DEFAULT
@@ -619,11 +632,11 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
                 yield EnvkitDatabase(mode, pg, engine, envkit_env.async_driver)
         finally:
             engine.dispose()
-            space.drop(pg)
+            space.release(pg)
 
 
 @pytest.fixture
-def db_connection(envkit_db: EnvkitDatabase) -> Iterator[Connection]:
+def envkit_db_connection(envkit_db: EnvkitDatabase) -> Iterator[Connection]:
     """A SQLAlchemy connection to the test's database; under rollback isolation, inside the outer transaction."""
     if envkit_db.isolation == "rollback":
         with isolation.rollback_connection(envkit_db.engine) as conn:
@@ -634,10 +647,10 @@ def db_connection(envkit_db: EnvkitDatabase) -> Iterator[Connection]:
 
 
 @pytest.fixture
-def db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> Iterator[OrmSession]:
+def envkit_db_session(request: pytest.FixtureRequest, envkit_db: EnvkitDatabase) -> Iterator[OrmSession]:
     """A SQLAlchemy ORM session; everything it commits is undone after the test (see isolation)."""
     if envkit_db.isolation == "rollback":
-        session = isolation.rollback_session(request.getfixturevalue("db_connection"))
+        session = isolation.rollback_session(request.getfixturevalue("envkit_db_connection"))
     else:
         from sqlalchemy.orm import Session
 
@@ -683,19 +696,19 @@ try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - depends on what is installed
     @pytest.fixture
-    def async_db_session() -> None:
+    def envkit_async_db_session() -> None:
         """An asyncio SQLAlchemy session; needs pytest-asyncio."""
         pytest.fail("async_db_session needs pytest-asyncio: pip install pytest-asyncio", pytrace=False)
 else:
     try:
-        async_db_session = pytest_asyncio.fixture(  # type: ignore[assignment]
-            _async_db_session, name="async_db_session", loop_scope="function")
+        envkit_async_db_session = pytest_asyncio.fixture(  # type: ignore[assignment]
+            _async_db_session, name="envkit_async_db_session", loop_scope="function")
     except TypeError:  # pytest-asyncio < 0.24 has no loop_scope
-        async_db_session = pytest_asyncio.fixture(_async_db_session, name="async_db_session")  # type: ignore[assignment]
+        envkit_async_db_session = pytest_asyncio.fixture(_async_db_session, name="envkit_async_db_session")  # type: ignore[assignment]
 
 
 @pytest.fixture
-def redis_client(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator[Any]:
+def envkit_redis_client(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator[Any]:
     """A Redis client on this process's database index (decoded strings); emptied after the test."""
     plugin = _plugin(request)
     space = plugin.require("redis")
@@ -709,7 +722,7 @@ def redis_client(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Itera
 
 
 @pytest.fixture(scope="session")
-def seeded_users(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> SeededUsers:
+def envkit_seeded_users(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> SeededUsers:
     """The seeded users with their plain passwords and roles (``seeded_users["alice"]``)."""
     from .lifecycle import read_users
 
@@ -719,11 +732,11 @@ def seeded_users(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Seede
 
 
 @pytest.fixture
-def auth_headers(request: pytest.FixtureRequest, envkit_env: EnvkitEnv, seeded_users: SeededUsers) -> Any:
+def envkit_auth_headers(request: pytest.FixtureRequest, envkit_env: EnvkitEnv, envkit_seeded_users: SeededUsers) -> Any:
     """``auth_headers("alice")``: the headers your ``pytest_envkit_auth_headers`` hook builds for a seeded user."""
 
     def build(user: str | Mapping[str, Any]) -> dict[str, str]:
-        found = seeded_users[user] if isinstance(user, str) else dict(user)
+        found = envkit_seeded_users[user] if isinstance(user, str) else dict(user)
         headers = request.config.hook.pytest_envkit_auth_headers(user=found, env=envkit_env, request=request)
         if headers is None:
             pytest.fail("auth_headers needs a hook that makes your application's credentials: define "
@@ -732,3 +745,43 @@ def auth_headers(request: pytest.FixtureRequest, envkit_env: EnvkitEnv, seeded_u
         return dict(headers)
 
     return build
+
+
+# -- the short names ---------------------------------------------------------------------
+# A project's own fixture of the same name (conftest.py, a test module) wins over the plugin's, as pytest always
+# has it; envkit's stays reachable under its envkit_ name, which envkit's fixtures themselves use.
+
+@pytest.fixture
+def db_connection(envkit_db_connection: Connection) -> Connection:
+    """``envkit_db_connection``."""
+    return envkit_db_connection
+
+
+@pytest.fixture
+def db_session(envkit_db_session: OrmSession) -> OrmSession:
+    """``envkit_db_session``: a SQLAlchemy ORM session; everything it commits is undone after the test."""
+    return envkit_db_session
+
+
+@pytest.fixture
+def async_db_session(envkit_async_db_session: AsyncSession) -> AsyncSession:
+    """``envkit_async_db_session``: an asyncio SQLAlchemy session, undone after the test like ``db_session``."""
+    return envkit_async_db_session
+
+
+@pytest.fixture
+def redis_client(envkit_redis_client: Any) -> Any:
+    """``envkit_redis_client``: a Redis client on this process's database index, emptied after the test."""
+    return envkit_redis_client
+
+
+@pytest.fixture(scope="session")
+def seeded_users(envkit_seeded_users: SeededUsers) -> SeededUsers:
+    """``envkit_seeded_users``: the seeded users with their plain passwords and roles."""
+    return envkit_seeded_users
+
+
+@pytest.fixture
+def auth_headers(envkit_auth_headers: Any) -> Any:
+    """``envkit_auth_headers``: ``auth_headers("alice")`` builds a seeded user's headers with your hook."""
+    return envkit_auth_headers

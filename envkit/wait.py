@@ -3,7 +3,8 @@
 A check is a small function that returns a truthy value when the service is
 ready, returns a falsy value or raises when it is not yet, and raises
 :class:`~envkit.errors.ServiceFailed` when it never will (the process died,
-the container was OOM-killed): that ends the wait at once.
+the container was OOM-killed): that ends the wait at once. A signal
+(:class:`~envkit.errors.Interrupted`) is no ``Exception``: it ends the wait too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from . import signals
 from .errors import ReadyTimeout, ServiceFailed
 
 log = logging.getLogger("envkit")
@@ -65,6 +67,7 @@ def wait_for(
     errors: dict[str, int] = {}  # distinct errors seen, in order, with counts: the health-check history
     while True:
         attempts += 1
+        signals.check()  # a signal that some library turned into an error of its own still ends the wait
         try:
             result = check()
         except (ServiceFailed, TypeError, NameError, AttributeError) as exc:
@@ -83,11 +86,13 @@ def wait_for(
         now = time.monotonic()
         if now >= deadline:
             _record(service, what, start, attempts, errors, f"timed out after {timeout:g} s")
+            log_text = logs() if logs else ""
             raise ReadyTimeout(
                 f"{service}: {what} did not succeed within {timeout:g} s ({attempts} attempts); "
-                f"last error: {last_error}. Check the log below, or raise the timeout (--timeout, ENVKIT_TIMEOUT)",
+                f"last error: {last_error}. " + ("Check the log below, or raise" if log_text.strip() else "Raise")
+                + " the timeout (--timeout, ENVKIT_TIMEOUT) if the service is only slow",
                 service,
-                logs() if logs else "",
+                log_text,
             )
         time.sleep(min(interval, max(deadline - now, 0)))
         interval = min(interval * 1.5, max_interval)

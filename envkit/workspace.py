@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from . import exports
 from .backends.base import PostgresEndpoint, RedisEndpoint, Running
+from .clones import ClonePool
 from .config import Config
 from .errors import EnvkitError
 from .provision import database
@@ -86,6 +87,7 @@ class Workspace:
     _counter: Any = dataclasses.field(default_factory=lambda: itertools.count(1), repr=False)
     _like: database.Profile | None = dataclasses.field(default=None, repr=False)  # the template's owner, settings...
     _base: str = ""  # the environment's database: what derived names start with
+    _pool: ClonePool | None = dataclasses.field(default=None, repr=False)
     _redis_pool: Any = dataclasses.field(default=None, repr=False)
 
     @classmethod
@@ -114,16 +116,34 @@ class Workspace:
         return space
 
     # -- per-test databases ------------------------------------------------
+    def expect_clones(self, count: int) -> None:
+        """``count`` tests will ask for a clone: start preparing them in the background (:mod:`envkit.clones`)."""
+        if count > 0 and self.template is not None:
+            self._clones().expect(count)
+
     def clone(self) -> PostgresEndpoint:
-        """A fresh database cloned from the template, for one test; :meth:`drop` it afterwards."""
+        """A fresh database cloned from the template, for one test; :meth:`release` it afterwards."""
         if self.template is None:
             raise EnvkitError("this environment has no PostgreSQL database to clone")
-        name = derived_name(self._base, self.run, self.worker, str(next(self._counter)))
-        database.clone_database(self.template, name, self.template.database, timeout=self.config.timeout, like=self._like)
-        return dataclasses.replace(self.template, database=name)
+        return self._clones().take()
+
+    def release(self, pg: PostgresEndpoint) -> None:
+        """A test's clone is done with: dropped (in the background when the pool runs)."""
+        self._clones().give_back(pg)
 
     def drop(self, pg: PostgresEndpoint) -> None:
         database.drop_database(pg, pg.database)  # the guard passes only what this process created
+
+    def _clones(self) -> ClonePool:
+        if self._pool is None:
+            self._pool = ClonePool(self._make_clone, self.drop)
+        return self._pool
+
+    def _make_clone(self) -> PostgresEndpoint:
+        assert self.template is not None
+        name = derived_name(self._base, self.run, self.worker, str(next(self._counter)))
+        database.clone_database(self.template, name, self.template.database, timeout=self.config.timeout, like=self._like)
+        return dataclasses.replace(self.template, database=name)
 
     # -- Redis ---------------------------------------------------------------
     def redis_client(self, **options: Any) -> Redis:
@@ -150,16 +170,24 @@ class Workspace:
 
     # -- the end -------------------------------------------------------------
     def close(self) -> None:
-        """Drop this process's database and empty its Redis namespace."""
+        """Drop the prepared clones and this process's database; empty its Redis namespace."""
         try:
-            if self.postgres:
-                self.drop(self.postgres)
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
         finally:
             try:
-                self.flush_redis()
+                if self.postgres:
+                    self.drop(self.postgres)
             finally:
-                if self._redis_pool is not None:
-                    self._redis_pool.disconnect()
+                self._close_redis()
+
+    def _close_redis(self) -> None:
+        try:
+            self.flush_redis()
+        finally:
+            if self._redis_pool is not None:
+                self._redis_pool.disconnect()
 
     def _exports(self) -> dict[str, str]:
         """The session's exports, pointed at this process's database and Redis index."""

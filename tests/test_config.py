@@ -150,3 +150,51 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     config = load_config(tmp_path, environ={})
     with pytest.raises(AttributeError):
         config.backend = "docker"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("body", "env", "match"), [
+    ("[postgres]\nport = -1\n", {}, "postgres.port must be between 0 and 65535"),
+    ("[redis]\nport = 65536\n", {}, "redis.port must be between 0 and 65535"),
+    ("", {"ENVKIT_POSTGRES_PORT": "-1"}, "postgres.port must be between 0 and 65535"),
+    ("[redis]\ndb = -1\n", {}, "redis.db must be a database index, 0 or more"),
+    ("cache_max_mb = -5\n", {}, "cache_max_mb must be 0 or more"),
+    ("", {"ENVKIT_TIMEOUT": "nan"}, "timeout must be a positive number"),
+    ("", {"ENVKIT_TIMEOUT": "inf"}, "timeout must be a positive number"),
+])
+def test_out_of_range_numbers_are_a_paragraph_not_a_traceback(tmp_path: Path, body: str, env: dict[str, str],
+                                                               match: str) -> None:
+    write(tmp_path / "envkit.toml", body)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path, environ=env)
+
+
+def test_unknown_envkit_variable_warns_with_did_you_mean(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="envkit"):
+        config = load_config(tmp_path, environ={"ENVKIT_POSTGRES_PROT": "5440", "ENVKIT_NAME": "x", "ENVKIT_REQUIRE": "1",
+                                                "ENVKIT_WHATEVER_ELSE_ENTIRELY": "1"})
+    assert config.postgres.port is None
+    text = caplog.text
+    assert "ENVKIT_POSTGRES_PROT" in text and "did you mean ENVKIT_POSTGRES_PORT?" in text
+    assert "ENVKIT_WHATEVER_ELSE_ENTIRELY" in text  # no suggestion, but still named
+    assert "ENVKIT_NAME" not in text and "ENVKIT_REQUIRE" not in text  # what envkit itself exports and reads
+
+
+def test_bool_from_environment_names_the_variable_not_an_internal_type(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={"ENVKIT_REDIS_ENABLED": "nope"})
+    message = str(info.value)
+    assert "$ENVKIT_REDIS_ENABLED" in message and "redis.enabled" in message and "'nope'" in message
+    assert "true/false" in message and "_EnvValue" not in message
+
+
+def test_lists_from_the_environment_comma_separated_or_json(tmp_path: Path) -> None:
+    config = load_config(tmp_path, environ={"ENVKIT_SEED_SQL": " a.sql, ,b.sql ",
+                                            "ENVKIT_MIGRATIONS_COMMAND": '["sh", "-c", "echo a, b"]'})
+    assert config.seed.sql == ["a.sql", "b.sql"]
+    assert config.migrations.command == ["sh", "-c", "echo a, b"]
+    with pytest.raises(ConfigError, match=r"\$ENVKIT_SEED_SQL"):
+        load_config(tmp_path, environ={"ENVKIT_SEED_SQL": '["a.sql", {"b": 1}]'})
+
+
+def test_run_dir_from_the_environment(tmp_path: Path) -> None:
+    assert load_config(tmp_path, environ={"ENVKIT_RUN_DIR": "/var/tmp"}).run_dir == "/var/tmp"

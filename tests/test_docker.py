@@ -8,6 +8,7 @@ containers, networks and volumes left with envkit's labels.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ import envkit
 from envkit.backends import docker_reachable, reaper
 from envkit.errors import EXIT_ENVKIT_ERROR
 from envkit.ports import free_port
+from envkit.proc import alive as proc_alive
 
 pytestmark = pytest.mark.docker
 
@@ -398,8 +400,10 @@ def test_sigkill_is_reaped_by_the_watchdog(project: Project, client: Any) -> Non
         assert wait_until(lambda: not (project.root / ".envkit" / "state.json").exists(), timeout=10)
         assert wait_until(lambda: not [c for _, c in envkit_processes() - procs_before if label in c], timeout=10), \
             "the watchdog did not exit"
+        assert wait_until(lambda: not proc_alive(child), timeout=10), "the watchdog left the child running"
     finally:
-        os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def _compose_up_running(root: Path) -> bool:
@@ -717,3 +721,71 @@ def test_committed_file_runs_with_plain_compose(project: Project, client: Any) -
         subprocess.run([*compose, "down", "-v", "-t", "1"], cwd=project.root, env=env, capture_output=True, timeout=120)
     left = client.containers.list(all=True, filters={"label": f"envkit.project={name}"})
     assert not left
+
+
+# -- signals at every moment (issue 11; the native and external cases are in test_signals.py) --------------
+
+SLOW_PROBE = """
+image: redis:7-alpine
+"""
+
+
+def test_sigint_while_waiting_for_containers_is_never_swallowed(project: Project, client: Any) -> None:
+    """The wait's probe runs 2 s in the container and fails: a SIGINT almost surely lands inside it."""
+    from signalling import start_detached
+
+    project.write("templates/slow.yml.j2", SLOW_PROBE)
+    docker_config(project, 'templates = "templates"\n[postgres]\nenabled = false\n[redis]\nenabled = false\n'
+                           '[services.slow]\ntemplate = "slow.yml.j2"\n'
+                           'probe = { command = ["sh", "-c", "sleep 2; exit 1"] }\n')
+    proc = start_detached(["up", "--timeout", "120"], project.root, project.env())
+    try:
+        def started() -> bool:
+            state = project.root / ".envkit" / "state.json"
+            return proc.poll() is not None or (state.exists() and "containers" in session_of(project)["resources"])
+
+        assert wait_until(started, timeout=120) and proc.poll() is None, proc.communicate()
+        label = session_of(project)["name"] + "-" + session_of(project)["id"]
+        time.sleep(3)  # the probe is running
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # before: swallowed, the wait went on to its timeout (or up, exit 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "interrupted by SIGINT during start" in err
+    assert not (project.root / ".envkit" / "state.json").exists()
+    assert not any(labelled(client, label).values())
+
+
+def test_a_signal_during_a_migration_is_named_docker(project: Project, client: Any) -> None:
+    from signalling import interrupt_a_migration
+
+    returncode, err = interrupt_a_migration(project, signal.SIGTERM, 'backend = "docker"\n[redis]\nenabled = false\n')
+    assert returncode == 143, err  # before: 3, "alembic upgrade head failed ... Fix the migration"
+    assert "interrupted by SIGTERM during migrate" in err and "Fix the migration" not in err
+    assert not (project.root / ".envkit" / "state.json").exists()
+
+
+def test_github_cancel_with_a_child_that_ignores_sigint_docker(project: Project, client: Any) -> None:
+    """SIGINT, 7.5 s, SIGTERM, 2.5 s, SIGKILL of the tree: teardown must be over before the kill."""
+    from signalling import alive, cancel_like_github, counting_child, received, start_detached
+
+    docker_config(project)
+    record = project.root / "signals.txt"
+    proc = start_detached(["run", "--", *counting_child(record, ignore_int=True)], project.root, project.env())
+    pid_file = Path(f"{record}.pid")
+    assert wait_until(pid_file.exists, timeout=180), proc.communicate(timeout=5)
+    label = session_of(project)["name"] + "-" + session_of(project)["id"]
+    t0 = time.monotonic()
+    step = cancel_like_github(proc)
+    elapsed = time.monotonic() - t0
+    _, err = proc.communicate(timeout=10)
+    # checked at once, not after the leak check's grace: this is what the job's next run would find
+    left = {kind: [getattr(x, "name", x) for x in items] for kind, items in labelled(client, label).items() if items}
+    assert step != "SIGKILL", f"envkit needed the runner's SIGKILL ({elapsed:.1f} s); left: {left}\n{err}"
+    assert proc.returncode == 130, err
+    assert not left, left
+    assert not (project.root / ".envkit" / "state.json").exists()
+    assert received(record) == ["SIGTERM"] and not alive(int(pid_file.read_text()))

@@ -22,6 +22,7 @@ from projects import USERS_TABLE, alembic_project
 import envkit
 from envkit.backends.binaries import find_postgres, find_redis
 from envkit.errors import EXIT_ENVKIT_ERROR
+from envkit.proc import alive
 
 pytestmark = pytest.mark.native
 
@@ -347,11 +348,13 @@ def test_sigkill_of_envkit_is_cleaned_up_by_the_next_down(project: Project) -> N
     proc.wait(10)
     proc.stdout.close()  # type: ignore[union-attr]
     proc.stderr.close()  # type: ignore[union-attr]
-    # the pytest child and the servers outlive a SIGKILLed envkit; stop the child ourselves
-    subprocess.run(["pkill", "-f", str(project.root / "tests")], check=False)
+    # the pytest child and the servers outlive a SIGKILLed envkit: the next `down` ends them all
     assert (project.root / ".envkit" / "state.json").exists()
+    child = json.loads((project.root / ".envkit" / "state.json").read_text())["resources"]["child"]["pid"]
+    assert alive(child)
     down = project.cli("down", check=True)
     assert "torn down" in down.stderr
+    assert wait_until(lambda: not alive(child), 10), "the tests of the killed envkit still run"
     assert wait_until(lambda: processes_of(project.root) <= procs_before, 10)
 
 
@@ -414,3 +417,16 @@ def test_binaries_answer_once_until_they_change(tmp_path: Path) -> None:
     assert find_redis(str(server), {}, Memo(memo_file)).version == "7.4.1"
     assert calls.read_text().count("x") == 2
     assert find_redis(str(server), {}, Memo(None)).version == "7.4.1" and calls.read_text().count("x") == 3
+
+
+def test_the_role_encoding_and_collation_are_what_the_readme_says(project: Project) -> None:
+    """README, Troubleshooting: the app's role has every attribute (as the Docker image's superuser), UTF8 and C."""
+    project.configure("[redis]\nenabled = false\n")
+    with envkit.environment(project.load(backend="native")) as env:
+        assert "REDIS_URL" not in env.exports  # redis.enabled = false: a PostgreSQL-only project
+        with psycopg.connect(env.running.postgres.libpq()) as conn:  # type: ignore[union-attr]
+            role = conn.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
+                                "WHERE rolname = current_user").fetchone()
+            assert role == (True, True, True, True, True)
+            assert conn.execute("SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database "
+                                "WHERE datname = current_database()").fetchone() == ("UTF8", "C", "C")

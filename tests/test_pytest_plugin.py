@@ -225,9 +225,15 @@ def test_rollback_truncate_clone_redis_users_in_one_run(handed_over: SharedEnv, 
             seen["clone"] = envkit_db.postgres.database
 
         def test_after_clone(db_session):
+            import time
             assert count_items(db_session) == 0
-            assert db_session.execute(text("SELECT count(*) FROM pg_database WHERE datname = :n"),
-                                      {"n": seen["clone"]}).scalar() == 0
+            for _ in range(200):  # dropped in the background (envkit.clones)
+                gone = db_session.execute(text("SELECT count(*) FROM pg_database WHERE datname = :n"),
+                                          {"n": seen["clone"]}).scalar() == 0
+                if gone:
+                    break
+                time.sleep(0.05)
+            assert gone
 
         @pytest.mark.envkit
         def test_marker_only():
@@ -446,3 +452,82 @@ def test_demo_app_under_envkit_test_with_two_workers(shared_cache: Path, tmp_pat
                             cwd=demo, env=project.env(CI="true"), text=True, capture_output=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "12 passed" in result.stdout
+
+
+def test_a_projects_own_fixture_names_win_and_envkits_stay_reachable(handed_over: SharedEnv, pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('''
+        import pytest
+
+        @pytest.fixture
+        def db_session():
+            return "the project's own"
+
+        @pytest.fixture
+        def db_connection():  # envkit's own fixtures must not pick this one up
+            raise AssertionError("envkit used the project's db_connection")
+
+        @pytest.fixture
+        def auth_headers():
+            return {"X-Mine": "1"}
+
+        def pytest_envkit_auth_headers(user, env):
+            return {"X-User": user["username"]}
+    ''')
+    pytester.makepyfile(test_names='''
+        import pytest
+        from sqlalchemy import text
+        from app import add_item, count_items
+
+        def test_project_names(db_session, auth_headers):
+            assert db_session == "the project's own" and auth_headers == {"X-Mine": "1"}
+
+        def test_envkit_names(envkit_db_session, envkit_auth_headers, envkit_seeded_users, envkit_redis_client,
+                              envkit_db_connection):
+            add_item(envkit_db_session, "mine")
+            assert count_items(envkit_db_session) == 1
+            assert envkit_auth_headers("alice") == {"X-User": "alice"}
+            assert envkit_seeded_users["bob"]["role"] == "staff"
+            envkit_redis_client.set("k", "v")
+            assert envkit_db_connection.execute(text("SELECT 1")).scalar() == 1
+
+        @pytest.mark.asyncio
+        async def test_async_name(envkit_async_db_session, async_db_session):
+            assert envkit_async_db_session is async_db_session
+            assert (await envkit_async_db_session.execute(text("SELECT count(*) FROM items"))).scalar() == 0
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=3)
+    assert handed_over.count("items") == 0
+
+
+def test_clone_isolation_from_the_pool(handed_over: SharedEnv, pytester: pytest.Pytester) -> None:
+    """Clones prepared ahead: each test still gets a fresh one of its own; the pool is bounded; nothing is left."""
+    shared = handed_over
+    before = shared.databases()
+    pytester.makepyfile(test_pool='''
+        import os
+        import pytest
+        from sqlalchemy import text
+        from app import add_item, count_items
+
+        pytestmark = pytest.mark.envkit(isolation="clone")
+        seen = []
+
+        @pytest.mark.parametrize("i", range(12))
+        def test_fresh(i, db_session, envkit_db, envkit_env):
+            assert count_items(db_session) == 0  # nothing of the tests before
+            add_item(db_session, "same name every time")
+            db_session.execute(text("CREATE TABLE made_by_the_test (x int)"))
+            db_session.commit()
+            name = envkit_db.postgres.database
+            assert name not in seen and os.environ["PGDATABASE"] == name
+            seen.append(name)
+            run = envkit_env.postgres.database.rsplit("_", 1)[0] + "_"
+            alive = db_session.execute(text("SELECT count(*) FROM pg_database WHERE datname LIKE :p"),
+                                       {"p": run + "%"}).scalar()
+            assert alive <= 1 + 4 + 4 + 2  # this process's, waiting, being dropped, under way
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=12)
+    assert shared.databases() == before
+    assert (shared.count("items"), shared.count("users")) == (0, 2)

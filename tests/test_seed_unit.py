@@ -60,3 +60,23 @@ def test_schema_qualified_table() -> None:
 
     (query, _), = insert_statements("tenant.users", [{"a": 1}])
     assert query.as_string(None).startswith('INSERT INTO "tenant"."users"')  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("seed", "match"), [
+    ('[[user]]\nusername = "alice"\n', r"unknown key 'user'; did you mean 'users'"),
+    ('users = ["alice"]\n', r"users #1 in .*seed\.toml must be a table of column = value.*found str 'alice'"),
+    ('users = { username = "alice" }\n', r"'users' must be a list of tables"),
+    ('[[users]]\nusername = "a"\npassword = 5\n', r"seed user 'a' \(users #1 in .*seed\.toml\): password must be a string"),
+])
+def test_malformed_seed_files_are_errors_naming_file_and_row(tmp_path: Path, seed: str, match: str) -> None:
+    (tmp_path / "seed.toml").write_text(seed)
+    (tmp_path / "envkit.toml").write_text('[seed]\nfile = "seed.toml"\n')
+    with pytest.raises(SeedError, match=match):
+        load_users(load_config(tmp_path, environ={}))
+
+
+def test_yaml_seed_file_that_is_a_list_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "seed.yaml").write_text("- username: a\n")
+    (tmp_path / "envkit.toml").write_text('[seed]\nfile = "seed.yaml"\n')
+    with pytest.raises(SeedError, match=r"seed\.yaml: a seed file is a table with a 'users' list"):
+        load_users(load_config(tmp_path, environ={}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from conftest import Project, envkit_processes, envkit_run_dirs, need, wait_until
 
 from envkit import state, watchdog
+from envkit.proc import alive as proc_alive
 
 
 def watchdogs(label: str) -> list[int]:
@@ -75,9 +77,12 @@ def test_sigkilled_native_run_is_reaped_without_another_command(project: Project
     procs, dirs = envkit_processes(), envkit_run_dirs()
     pid_file = project.root / "child.pid"
     project.configure()
+    # the child starts one of its own: the watchdog must end both (they would go on against servers that are gone)
     proc = project.popen("run", "--backend", "native", "--", sys.executable, "-c",
-                         f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)")
+                         "import os, subprocess, time; grandchild = subprocess.Popen(['sleep', '300']); "
+                         f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{grandchild.pid}}'); time.sleep(60)")
     assert wait_until(lambda: pid_file.exists() and pid_file.read_text() != "", timeout=60)
+    pids = [int(p) for p in pid_file.read_text().split()]
     run_dir = Path(state.load(project.load()).resources["run_dir"])  # type: ignore[union-attr]
     assert run_dir.exists()
     os.kill(proc.pid, signal.SIGKILL)
@@ -89,5 +94,8 @@ def test_sigkilled_native_run_is_reaped_without_another_command(project: Project
         # the state file goes last (after the spare for the next start is copied)
         assert wait_until(lambda: not (project.root / ".envkit" / "state.json").exists(), timeout=10)
         assert wait_until(lambda: envkit_processes() <= procs and envkit_run_dirs() <= dirs, timeout=10)
+        assert wait_until(lambda: not any(proc_alive(p) for p in pids), timeout=10), "the child or its child still runs"
     finally:
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from .. import cache, ports, progress, watchdog
 from .. import render as render_module
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, Interrupted, PortInUse, ServiceFailed
+from ..errors import BackendUnavailable, PortInUse, ServiceFailed
 from ..exports import render as render_exports
 from ..proc import run
 from ..render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
@@ -131,8 +131,6 @@ class ComposeBackend:
             snapshots.save(config, where["entry"], where["docker"], engine.compose_env(config.environ),
                            session.resources["containers"]["postgres"], where["pgdata"], running.postgres,
                            session.users_file)
-        except Interrupted:
-            raise
         except Exception as exc:  # noqa: BLE001 - a snapshot only saves time: this run goes on (a tar error, a
             # server refusing the backup API, a full disk...), and says why the next one will not be faster
             log.warning("postgres: could not save a snapshot for the next run (%s); the next run migrates and seeds "
@@ -182,6 +180,9 @@ class ComposeBackend:
             raise PortInUse(f"docker could not publish port {number}: it is already in use (held by {who}); free it, "
                             f"or set the port to 0 or 'auto' (rendered compose file: {res['file']})\n{output}", number)
         api = connecting.result().api
+        missing = missing_images(api, Path(res["file"]))
+        if missing:
+            raise ServiceFailed(pull_failure(missing, output), "compose", output)
         found = containers.find(api, res["project"])
         details = "\n\n".join(containers.diagnose(api, s, c) for s, c in found.items())
         raise ServiceFailed(f"docker compose up failed with exit code {result.returncode} (rendered compose file: "
@@ -289,6 +290,39 @@ class ComposeBackend:
         where = session.resources.get("engine", {})
         return engine.client(engine.Engine(url=where.get("url", engine.DEFAULT_SOCKET), context=where.get("context")),
                              res.get("env", {}))
+
+
+def missing_images(api: Any, compose_file: Path) -> dict[str, str]:
+    """The services of a rendered compose file whose image is not on the engine: ``{service: image}``."""
+    import docker.errors
+    import yaml
+
+    try:
+        doc = yaml.safe_load(compose_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    out = {}
+    for name, service in (doc.get("services") or {}).items():
+        image = (service or {}).get("image") if isinstance(service, dict) else None
+        if isinstance(image, str):
+            try:
+                api.inspect_image(image)
+            except docker.errors.ImageNotFound:
+                out[name] = image
+            except docker.errors.APIError:
+                pass  # not a verdict on the image
+    return out
+
+
+def pull_failure(missing: dict[str, str], output: str) -> str:
+    """What to say when compose could not pull images: which, for which service, and what the registry said."""
+    said = next((line.strip() for line in reversed(output.splitlines())
+                 if any(w in line.lower() for w in ("error", "denied", "not found", "manifest unknown"))), "")
+    names = ", ".join(f"{image} (service {service})" for service, image in missing.items())
+    return (f"docker could not pull the image{'s' if len(missing) > 1 else ''} {names}: it is not on this engine"
+            + (f", and pulling it failed: {said}" if said else "")
+            + ". Check the name and tag (postgres.image, redis.image, your templates), `docker pull` or build it, "
+              "or tag an image you have with that name")
 
 
 def _base(res: dict[str, Any]) -> list[str]:

@@ -89,11 +89,12 @@ def wait_all(api: Any, watches: list[Watch], timeout: float, compose_file: str) 
     except ReadyTimeout:
         names = ", ".join(pending)
         probes = "; ".join(f"{w.service} probe: {w.last_error}" for w in pending.values() if w.last_error)
+        details = "\n\n".join(diagnose(api, w.service, w.container) for w in pending.values())
         raise ReadyTimeout(
             f"{names}: not ready within {timeout:g} s (rendered compose file: {compose_file})"
-            f"{'; last ' + probes if probes else ''}; raise the timeout (--timeout, ENVKIT_TIMEOUT) "
-            "or see the diagnostics below",
-            next(iter(pending)), "\n\n".join(diagnose(api, w.service, w.container) for w in pending.values()),
+            f"{'; last ' + probes if probes else ''}; raise the timeout (--timeout, ENVKIT_TIMEOUT)"
+            + (" or see the diagnostics below" if details.strip() else ""),
+            next(iter(pending)), details,
         ) from None
 
 

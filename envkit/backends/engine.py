@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 from collections.abc import Mapping
@@ -98,9 +99,24 @@ def client(engine: Engine, environ: Mapping[str, str]) -> Any:
         return found
     except docker.errors.DockerException as exc:
         raise BackendUnavailable(
-            f"no Docker engine answers at {engine.url}: {exc}. Start Docker (or set DOCKER_HOST / a docker context), "
-            "or use --backend native"
+            f"no Docker engine answers at {engine.url} ({reason(exc)}). Start Docker (or set DOCKER_HOST / a docker "
+            "context), or use --backend native"
         ) from None
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\"()\]]+)")
+
+
+def reason(exc: BaseException) -> str:
+    """The cause of an SDK or HTTP error in a few words: urllib3's nested repr names it deep inside."""
+    text = str(exc)
+    found = _ERRNO.findall(text)
+    if found:
+        return found[-1].strip().rstrip(".").lower()
+    for cause in ("timed out", "certificate verify failed", "Permission denied", "No such file or directory"):
+        if cause.lower() in text.lower():
+            return cause.lower()
+    return text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
 
 
 class Inspector:

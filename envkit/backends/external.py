@@ -26,6 +26,7 @@ from contextlib import ExitStack
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
+from .. import redact
 from ..config import Config
 from ..errors import BackendUnavailable, ConfigError, ServiceFailed
 from ..provision import database
@@ -129,14 +130,14 @@ def redis_endpoint(url: str, default_db: int) -> RedisEndpoint:
     """The server of a ``redis://`` URL, and the index envkit may use: the URL's, else ``redis.db``."""
     parts = urlsplit(url)
     if parts.scheme != "redis":
-        raise ConfigError(f"the external backend supports redis:// URLs, found {parts.scheme}:// in {_redact(url)}")
+        raise ConfigError(f"the external backend supports redis:// URLs, found {parts.scheme}:// in {redact.url(url)}")
     path = parts.path.strip("/")
     if path and not path.isdigit():
         raise ConfigError(f"the path of the Redis URL must be a database index, found {path!r}")
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ConfigError(f"the Redis URL has an invalid port: {_redact(url)}") from None
+        raise ConfigError(f"the Redis URL has an invalid port: {redact.url(url)}") from None
     return RedisEndpoint(host=parts.hostname or "127.0.0.1", port=port, db=int(path) if path else default_db,
                          password=unquote(parts.password) if parts.password else None, owned=False)
 
@@ -179,6 +180,3 @@ def _flushdb(info: dict[str, Any]) -> None:
         client.close()
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(f":{parts.password}@", ":***@", 1) if parts.password else url

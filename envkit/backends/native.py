@@ -10,6 +10,8 @@ fingerprint. As root, servers run as an unprivileged user through
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -17,7 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,13 +27,13 @@ from typing import ClassVar
 
 from .. import cache, ports, spares
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import ServiceExited
+from ..errors import BackendUnavailable, CommandFailed, ServiceExited
 from ..proc import RunAs, alive, marked, run, spawn, stop_groups, tail
 from ..spares import tmpfs_root
 from ..state import Session
 from ..wait import wait_for
 from .base import PostgresEndpoint, RedisEndpoint, Running
-from .binaries import Memo, PgBinaries, find_postgres, find_redis
+from .binaries import Memo, PgBinaries, find_postgres, find_redis, reachable_postgres, reachable_redis
 
 log = logging.getLogger("envkit")
 
@@ -76,7 +78,8 @@ class NativeBackend:
     # -- start -------------------------------------------------------------
     def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
         run_as = RunAs.for_servers()
-        run_dir = tmpfs_root() / f"envkit-{session.label}"
+        root = run_root(config, run_as)
+        run_dir = root / f"envkit-{session.label}"
         run_dir.mkdir(mode=0o700)
         session.resources.update(run_dir=str(run_dir), processes={})
         session.save()
@@ -91,6 +94,10 @@ class NativeBackend:
                             if config.redis.enabled else None)
             pg_bins = find_postgres(config.postgres.bindir, config.environ, memo) if config.postgres.enabled else None
             redis_bin = redis_lookup.result() if redis_lookup else None
+        if run_as:  # the servers' user may not reach a binary in a private folder: run a copy it can reach
+            copies = binary_copies(config)
+            pg_bins = reachable_postgres(pg_bins, run_as, copies) if pg_bins else None
+            redis_bin = reachable_redis(redis_bin, run_as, copies) if redis_bin else None
         redis_req = port_request(config.redis.port, DEFAULT_REDIS_PORT)
         pg_req = port_request(config.postgres.port, DEFAULT_PG_PORT)
         redis_port = ports.resolve("redis", *redis_req) if redis_bin else 0
@@ -100,7 +107,9 @@ class NativeBackend:
             (run_dir / "redis").mkdir()
             if run_as:
                 os.chown(run_dir / "redis", run_as.uid, run_as.gid)
-            session.info["redis"] = {"binary": str(redis_bin.path), "source": redis_bin.source, "version": redis_bin.version}
+            session.info["redis"] = {"binary": str(redis_bin.path), "source": redis_bin.source, "version": redis_bin.version,
+                                     "found_by": redis_bin.found_by,
+                                     **({"copied_from": str(redis_bin.copied_from)} if redis_bin.copied_from else {})}
             self._argv["redis"] = [
                 str(redis_bin.path), "--port", str(redis_port), "--bind", ports.HOST, "--save", "", "--appendonly", "no",
                 "--dir", str(run_dir / "redis"), "--daemonize", "no",
@@ -112,16 +121,20 @@ class NativeBackend:
             self._spawn(session, "redis", self._argv["redis"], run_as)
         if pg_bins:
             data = run_dir / "pgdata"
-            running.restored = self._prepare_cluster(config, session, pg_bins, data, snapshot, run_as)
-            session.info["postgres"] = {"bindir": str(pg_bins.bindir), "source": pg_bins.source, "version": pg_bins.version}
+            with _room(root):
+                running.restored = self._prepare_cluster(config, session, pg_bins, data, snapshot, run_as)
+            session.info["postgres"] = {"bindir": str(pg_bins.bindir), "source": pg_bins.source, "version": pg_bins.version,
+                                        "found_by": pg_bins.found_by,
+                                        **({"copied_from": str(pg_bins.copied_from)} if pg_bins.copied_from else {})}
             session.resources["cluster_key"] = _cluster_key(pg_bins)
             self._argv["postgres"] = self._postgres_argv(config, pg_bins, data, pg_port, run_dir)
             self._spawn(session, "postgres", self._argv["postgres"], run_as)
 
         if pg_bins:
-            pg_port = self._ready(session, "postgres", pg_port, pg_req[1], config, run_as,
-                                  lambda port: self._wait_postgres(session, port, config.timeout),
-                                  lambda port: self._postgres_argv(config, pg_bins, run_dir / "pgdata", port, run_dir))
+            with _room(root):
+                    pg_port = self._ready(session, "postgres", pg_port, pg_req[1], config, run_as,
+                                      lambda port: self._wait_postgres(session, port, config.timeout),
+                                      lambda port: self._postgres_argv(config, pg_bins, run_dir / "pgdata", port, run_dir))
             password = session.info.setdefault("password", config.postgres.password or _password())
             running.postgres = PostgresEndpoint(
                 host=ports.HOST, port=pg_port, user=config.postgres.user, password=password,
@@ -212,11 +225,9 @@ class NativeBackend:
     def _exited(self, session: Session, service: str) -> None:
         proc = self._procs[service]
         if proc.poll() is not None:
-            raise ServiceExited(
-                f"{service} exited with code {proc.returncode} before it was ready "
-                f"(log: {Path(session.resources['run_dir']) / (service + '.log')})",
-                service, tail(Path(session.resources["run_dir"]) / f"{service}.log"),
-            )
+            # no path to its log: the run directory goes with teardown (the diagnostics bundle keeps a copy)
+            raise ServiceExited(f"{service} exited with code {proc.returncode} before it was ready", service,
+                                tail(Path(session.resources["run_dir"]) / f"{service}.log"))
 
     def _wait_postgres(self, session: Session, port: int, timeout: float) -> None:
         import psycopg
@@ -308,6 +319,44 @@ class NativeBackend:
                                                 "port": int(port) if port and port.isdigit() else None,
                                                 "command": argv, "log_file": str(log_file)}}
         return out
+
+
+def run_root(config: Config, run_as: RunAs | None) -> Path:
+    """The folder run directories are made in: ``run_dir`` (ENVKIT_RUN_DIR), else /dev/shm, else the temp dir."""
+    if not config.run_dir:
+        return tmpfs_root()
+    root = config.path(config.run_dir)
+    if not root.is_dir():
+        raise BackendUnavailable(f"run_dir (or ENVKIT_RUN_DIR) is {root}, which is not a folder; create it, or unset "
+                                 "it to use /dev/shm")
+    if run_as and not run_as.can_reach(root):
+        raise BackendUnavailable(f"run_dir (or ENVKIT_RUN_DIR) is {root}, which the servers' user cannot enter (envkit "
+                                 "runs as root, the servers do not); make it and the folders above it readable by "
+                                 "others (chmod o+rx), or choose another run_dir")
+    return root
+
+
+def binary_copies(config: Config) -> Path:
+    """Where binaries the servers' user could not reach are copied (envkit.backends.binaries)."""
+    return run_root(config, None) / f".envkit-binaries-{os.geteuid()}"
+
+
+@contextlib.contextmanager
+def _room(root: Path) -> Iterator[None]:
+    """A full run folder as one paragraph (how much is free, what to do), not a screen of `cp` errors."""
+    try:
+        yield
+    except (OSError, CommandFailed, ServiceExited) as exc:
+        text = str(exc) + getattr(exc, "log_tail", "")
+        if not (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) and "No space left on device" not in text:
+            raise
+        stats = os.statvfs(root)
+        free, total = stats.f_bavail * stats.f_frsize / 1e6, stats.f_blocks * stats.f_frsize / 1e6
+        raise BackendUnavailable(
+            f"{root} is full: the servers' data did not fit (no space left on device; {free:.0f} MB free of "
+            f"{total:.0f} MB). Free space there (old envkit-* folders, `envkit cache clear` for the spares), or set "
+            "run_dir (ENVKIT_RUN_DIR) to a folder with more room"
+        ) from None
 
 
 def ping_redis(host: str, port: int, password: str | None = None) -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 
 from .. import cache
 from ..config import Config
-from ..errors import EnvkitError, Interrupted
+from ..errors import EnvkitError
 from ..proc import reading, run
 from ..render import initdb_args, template_dirs
 from ..state import write_private
@@ -95,8 +95,6 @@ def restore(docker: str, env: dict[str, str], container: str, entry: Path, pgdat
         meta = json.loads((entry / META).read_text())
         run([docker, "exec", "-i", container, "sh", "-c", _RESTORE, "envkit-restore", pgdata], env=env,
             stdin=entry / ARCHIVE, timeout=300)
-    except Interrupted:
-        raise
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the container must not wait for ever
         log.warning("postgres: could not restore the cached snapshot %s (%s); starting from scratch: migrations "
                     "and seeds run as usual", entry.name, str(exc).strip().splitlines()[-1] if str(exc).strip() else exc)

@@ -54,13 +54,17 @@ def connect(conninfo: str, connect_timeout: int = 5):  # type: ignore[no-untyped
 
 
 def ensure_role(pg: PostgresEndpoint) -> None:
-    """Create the application role (a superuser on a server envkit owns), or reset its password."""
+    """Create the application role on a server envkit owns, or reset its password.
+
+    Every attribute on (SUPERUSER, CREATEDB, CREATEROLE, REPLICATION, BYPASSRLS), as the Docker image's bootstrap
+    superuser has them: a suite that checks ``rolcreatedb`` sees the same on every backend.
+    """
     from psycopg import sql
 
     with connect(pg.admin_url) as conn:
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (pg.user,)).fetchone()
         verb = "ALTER" if exists else "CREATE"
-        conn.execute(sql.SQL("{} ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+        conn.execute(sql.SQL("{} ROLE {} LOGIN SUPERUSER CREATEDB CREATEROLE REPLICATION BYPASSRLS PASSWORD {}").format(
             sql.SQL(verb), sql.Identifier(pg.user), sql.Literal(pg.password)))
 
 
@@ -201,6 +205,14 @@ def make_template(pg: PostgresEndpoint, name: str, *, timeout: float = 10.0) -> 
     """
     from psycopg import sql
 
+    # Nothing but migrate and seed has used this database, which envkit created: a session still on it is theirs
+    # (a pool Alembic's env.py left open) and would block the copy, so it goes.
+    with connect(pg.admin_url) as conn:
+        pids = [r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                                           (pg.database,)).fetchall()]
+        ended = [pid for pid in pids if conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]]  # type: ignore[index]
+    if ended:
+        log.debug("closed %d session(s) that migrate or seed left on %s", len(ended), pg.database)
     clone_database(pg, name, pg.database, timeout=timeout)
     with connect(pg.admin_url) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
