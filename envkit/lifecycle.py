@@ -376,6 +376,7 @@ def reap_stale(config: Config) -> bool:
 
 def teardown_session(config: Config, session: Session) -> None:
     """Tear down a recorded environment from any process; idempotent."""
+    config = made_with(config, session)  # its dotenv file is the one its own settings named
     with signals.deferred():
         end_child(session.resources.get("child"), session.label)  # the tests of an owner that was killed
         by_name(session.backend).teardown(session)

@@ -270,6 +270,10 @@ class _Plugin:
         try:
             self.envkit_config = self._load_config()
             self.session = self._locate()
+            if self.session is not None:  # the settings it was made with (`envkit -c FILE up`), not just the ones here
+                from .lifecycle import made_with
+
+                self.envkit_config = made_with(self.envkit_config, self.session)
             if self.session is None and wanted:
                 self.environment = self._bring_up()
                 self.session, self.found = self.environment.session, "brought up for this session"
