@@ -404,7 +404,7 @@ def _validate(config: Any, source: str) -> None:
     if isinstance(config, Config):
         choice("backend", config.backend, BACKEND_NAMES)
         choice("diagnostics", config.diagnostics, DIAGNOSTICS_MODES)
-        if config.timeout <= 0:
+        if not 0 < config.timeout < float("inf"):  # NaN fails both comparisons
             raise ConfigError(f"{source}: timeout must be a positive number of seconds, found {config.timeout}")
         if config.cache_max_mb < 0:
             raise ConfigError(f"{source}: cache_max_mb must be 0 or more megabytes, found {config.cache_max_mb}")

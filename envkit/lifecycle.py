@@ -154,6 +154,9 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         _preimport("jinja2")
     reap_stale(config)
     backend = select_backend(config)
+    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
+        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
+                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with TeardownStack() as stack, diagnostics.capture(config, session, backend, timings, report):
@@ -393,6 +396,7 @@ def teardown_session(config: Config, session: Session) -> None:
     The record is removed only once teardown succeeded: a :class:`TeardownIncomplete` keeps it (noting why),
     so that a later ``envkit down`` or ``envkit prune`` can finish.
     """
+    config = made_with(config, session)  # its dotenv file is the one its own settings named
     refused = None
     with signals.deferred():
         end_child(session.resources.get("child"), session.label)  # the tests of an owner that was killed

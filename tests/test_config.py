@@ -158,6 +158,8 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     ("", {"ENVKIT_POSTGRES_PORT": "-1"}, "postgres.port must be between 0 and 65535"),
     ("[redis]\ndb = -1\n", {}, "redis.db must be a database index, 0 or more"),
     ("cache_max_mb = -5\n", {}, "cache_max_mb must be 0 or more"),
+    ("", {"ENVKIT_TIMEOUT": "nan"}, "timeout must be a positive number"),
+    ("", {"ENVKIT_TIMEOUT": "inf"}, "timeout must be a positive number"),
 ])
 def test_out_of_range_numbers_are_a_paragraph_not_a_traceback(tmp_path: Path, body: str, env: dict[str, str],
                                                                match: str) -> None:
