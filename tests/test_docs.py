@@ -199,7 +199,8 @@ def test_shell_blocks_run_in_a_copy_of_the_example(block: Block, project: Projec
     (shims / "pip").write_text('#!/bin/sh\necho "$*" >> "$PIP_LOG"\n')
     (shims / "pip").chmod(0o755)
     env = project.env(PATH=f"{shims}:{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}", PIP_LOG=str(shims / "pip.log"),
-                      ENVKIT_BACKEND="native", ENVKIT_CACHE_DIR=str(project.cache_dir), ENVKIT_POSTGRES_PORT="auto",
+                      # a cache of its own: the session's shared one would make tests/test_example.py's cold run warm
+                      ENVKIT_BACKEND="native", ENVKIT_CACHE_DIR=str(project.root.parent / "cache"), ENVKIT_POSTGRES_PORT="auto",
                       ENVKIT_REDIS_PORT="auto")
     compose = None
     if re.search(r"^docker ", block.text, re.MULTILINE):
