@@ -456,7 +456,11 @@ def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None,
         if session is not None:
             session.resources["child"] = {"pid": proc.pid, "pgid": None if shared else proc.pid}
             session.save()
-        return proc.wait()
+        code = proc.wait()
+        if session is not None:  # gone: nothing for a watchdog to end, and its pid may be reused
+            session.resources.pop("child", None)
+            session.save()
+        return code
     except Interrupted as exc:
         with signals.deferred(then_raise=False):
             _stop_child(proc, exc.signum, shared)
