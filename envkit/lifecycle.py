@@ -490,10 +490,3 @@ def _stop_child(proc: subprocess.Popen[bytes], signum: int, shared: bool) -> Non
     if proc.poll() is None:  # SIGKILLed: gone in a moment
         proc.wait()
     end_child({"pid": proc.pid, "pgid": None if shared else proc.pid}, None)  # what it left running in its group
-
-
-# -- signals (see envkit.signals) ----------------------------------------------
-
-HANDLED_SIGNALS = signals.HANDLED
-install_signal_handlers = signals.install
-deferred_signals = signals.deferred
