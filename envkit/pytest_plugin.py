@@ -402,7 +402,12 @@ class _Plugin:
     def database_created_by_envkit(self, name: str) -> bool | None:
         """Whether envkit created ``name``; None: let the guard ask whether this process did."""
         if self.session and name in self.session.resources.get("created_databases", []):
-            return True
+            from .provision import database
+
+            space = self.require("postgres")
+            assert space.postgres is not None
+            # the record alone proves nothing (it can be edited or stale): the mark set at creation does
+            return bool(database.marked(space.postgres, name)) or None
         return None
 
     def redis_ready(self) -> None:
