@@ -392,10 +392,10 @@ def prune(ctx: Ctx, dry_run: bool) -> int:
     config = ctx.config()
     stale = load(config)
     removed = []
-    if stale is not None and stale.orphaned:
+    if stale is not None and (stale.orphaned or stale.info.get("teardown_failed")):  # the latter: `down` failed
         removed.append(stale.label)
         if not dry_run:
-            lifecycle.reap_stale(config)
+            lifecycle.teardown_session(config, stale)
     if docker_reachable(config.environ):
         from .backends.compose import prune as prune_docker
 

@@ -69,6 +69,7 @@ class RedisConfig:
     server: str | None = None  # native backend: path of redis-server
     url: str | None = None  # external backend
     allow_hosts: list[str] = field(default_factory=list)  # non-loopback hosts whose db envkit may flush
+    allow_flush: bool = False  # external backend: may envkit use (and empty) an index that already holds keys
 
 
 @dataclass(frozen=True)
