@@ -112,7 +112,7 @@ class Bench:
         return {"ready": ready, "teardown": down["wall"], "host_peak_kb": up["peak_kb"]}
 
     # -- anchors ---------------------------------------------------------------------------------
-    def pgpg(self, tuned: bool, seeded: bool, tests: int = 0) -> dict[str, Any]:
+    def pgpg(self, tuned: bool, seeded: bool, tests: int = 0, body_ms: int = 0) -> dict[str, Any]:
         """pytest-postgresql + pytest-redis ``*_proc`` fixtures, in a pytest run of their own."""
         project = self.paths["pgpg"]
         argv: list[str | Path] = [self.anchor_python, "-m", "pytest", "test_iso.py" if tests else "test_bench.py",
@@ -121,7 +121,7 @@ class Bench:
         if tuned:
             argv += [f"--basetemp={shm}", f"--postgresql-postgres-options={TUNED_PG}"]
         env = clean_env(HOME=str(project), TMPDIR=str(project / "tmp"), BENCH_RUNNERS=str(RUNNERS), BENCH_TESTS=str(tests),
-                        PATH=f"{self.pg_bindir}:/usr/local/bin:/usr/bin:/bin")
+                        BENCH_BODY_MS=str(body_ms), PATH=f"{self.pg_bindir}:/usr/local/bin:/usr/bin:/bin")
         if seeded or tests:
             env["BENCH_APP"] = str(self.paths["demo_anchor"])
         try:

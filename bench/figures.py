@@ -125,6 +125,10 @@ def ready(b: Bench, runs: int, quick: bool, docker: tuple[bool, str], envkit_doc
     return _figure(series, ratios, notes, users=users)
 
 
+#: The test body of the isolation figure's second set of rows: a test that does something (a request through an app)
+BODY_MS = 100
+
+
 def isolation(b: Bench, runs: int, tests: int, base: int, say: Say, direct_sql: bool = False) -> dict[str, Any]:
     """Whole-run growth per test: (T(tests) - T(base)) / (tests - base), for each mechanism."""
     plugin, sql_dir = b.workdir / "iso-plugin", b.workdir / "iso-sql"
@@ -141,14 +145,14 @@ def isolation(b: Bench, runs: int, tests: int, base: int, say: Say, direct_sql: 
     demo = b.paths["demo"]
     env = clean_env()
 
-    def envkit_mode(mode: str, folder: Path) -> Callable[[int], dict[str, Any]]:
+    def envkit_mode(mode: str, folder: Path, body_ms: int = 0) -> Callable[[int], dict[str, Any]]:
         def run(_: int) -> dict[str, Any]:
             # an environment per sample (not timed): one killed from outside spoils one sample, not the figure
             _cli("up", "-q", "-b", "native", env=env, cwd=demo)
             try:
                 exports = json.loads(_cli("env", "-f", "json", env=env, cwd=demo))
                 walls = [run_json([PROJECT_PYTHON, "-m", "pytest"], env={**env, **exports, "BENCH_ISOLATION": mode,
-                                                                           "BENCH_TESTS": str(n)}, cwd=folder,
+                                                                           "BENCH_TESTS": str(n), "BENCH_BODY_MS": str(body_ms)}, cwd=folder,
                                   require=False, timeout=300)["wall"]
                          for n in (tests, base)]
             finally:
@@ -156,9 +160,11 @@ def isolation(b: Bench, runs: int, tests: int, base: int, say: Say, direct_sql: 
             return {"per_test": (walls[0] - walls[1]) / (tests - base), "wall_tests": walls[0], "wall_base": walls[1]}
         return run
 
-    def pgpg(_: int) -> dict[str, Any]:
-        walls = [b.pgpg(True, True, tests=n)["wall"] for n in (tests, base)]
-        return {"per_test": (walls[0] - walls[1]) / (tests - base), "wall_tests": walls[0], "wall_base": walls[1]}
+    def pgpg_mode(body_ms: int) -> Callable[[int], dict[str, Any]]:
+        def pgpg(_: int) -> dict[str, Any]:
+            walls = [b.pgpg(True, True, tests=n, body_ms=body_ms)["wall"] for n in (tests, base)]
+            return {"per_test": (walls[0] - walls[1]) / (tests - base), "wall_tests": walls[0], "wall_base": walls[1]}
+        return pgpg
 
     c = [Contender("baseline", "no isolation (pytest's and the plugin's own per-test cost + the test body)",
                    envkit_mode("none", plugin)),
@@ -168,12 +174,24 @@ def isolation(b: Bench, runs: int, tests: int, base: int, say: Say, direct_sql: 
     if direct_sql:
         c += [Contender(f"sql-{mode}", f"the same mechanism in plain SQL ({mode})", envkit_mode(mode, sql_dir))
               for mode in ("rollback", "truncate", "clone")]
-    c.append(Contender("pgpg-fresh-db", "pytest-postgresql fresh database per test (tuned)", pgpg))
+    c.append(Contender("pgpg-fresh-db", "pytest-postgresql fresh database per test (tuned)", pgpg_mode(0)))
+    # tests that take a while themselves (a request through an app): time in which the pool prepares the next clone
+    body = f"{BODY_MS} ms body"
+    c += [Contender(f"baseline-{BODY_MS}ms", f"no isolation, {body}", envkit_mode("none", plugin, BODY_MS)),
+          Contender(f"envkit-clone-{BODY_MS}ms", f"envkit plugin, template clone (from the pool), {body}",
+                    envkit_mode("clone", plugin, BODY_MS)),
+          Contender(f"pgpg-fresh-db-{BODY_MS}ms", f"pytest-postgresql fresh database per test (tuned), {body}",
+                    pgpg_mode(BODY_MS))]
     say(f"bench: per-test isolation, {tests} vs {base} tests, {len(c)} contenders x {runs} rounds")
     series = interleave(c, runs, say, metric="per_test")
+    spaced = [k for k in series if k.endswith(f"-{BODY_MS}ms")]
     ratios = [pair_ratios(series["pgpg-fresh-db"], s, "per_test") for k, s in series.items()
-              if k not in ("pgpg-fresh-db", "baseline")]
-    ratios += [pair_differences(s, series["baseline"], "per_test") for k, s in series.items() if k != "baseline"]
+              if k not in ("pgpg-fresh-db", "baseline") and k not in spaced]
+    ratios += [pair_differences(s, series["baseline"], "per_test") for k, s in series.items()
+               if k != "baseline" and k not in spaced]
+    ratios += [pair_ratios(series[f"pgpg-fresh-db-{BODY_MS}ms"], series[f"envkit-clone-{BODY_MS}ms"], "per_test"),
+               pair_differences(series[f"envkit-clone-{BODY_MS}ms"], series[f"baseline-{BODY_MS}ms"], "per_test"),
+               pair_differences(series[f"pgpg-fresh-db-{BODY_MS}ms"], series[f"baseline-{BODY_MS}ms"], "per_test")]
     notes = [f"Per test = (wall of a pytest run with {tests} tests - wall with {base}) / {tests - base}, so setup and "
              "startup cancel out; *mechanism alone* subtracts the no-isolation baseline of the same round. envkit's rows "
              "use its pytest plugin (`@pytest.mark.envkit(isolation=...)` and the `db_connection` fixture, SQLAlchemy "

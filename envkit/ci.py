@@ -21,13 +21,13 @@ Active when ``GITHUB_ACTIONS=true`` in the environment envkit was given
 from __future__ import annotations
 
 import json
-import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from . import redact
 from .diagnostics import services_table
 from .errors import ConfigError
 from .exports import github_env, secrets_of
@@ -39,7 +39,6 @@ __all__ = ["active", "append_env", "error_command", "finish", "group", "mask_com
            "summary_markdown"]
 
 _LOG_LINES = 400  # per service, in the log groups (the bundle keeps the whole log)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
 def active(environ: Mapping[str, str]) -> bool:
@@ -142,13 +141,16 @@ def summary_markdown(report: Mapping[str, Any]) -> str:
 
 
 def report(command: str, exit_code: int, error: BaseException | None, stages: list[dict[str, Any]],
-           env: Environment | None) -> dict[str, Any]:
-    """What :func:`finish` needs, from what the CLI saw: the reporter's stages and the environment it brought up."""
+           env: Environment | None, scrub: Callable[[str], str] = redact.urls) -> dict[str, Any]:
+    """What :func:`finish` needs, from what the CLI saw: the reporter's stages and the environment it brought up.
+
+    ``scrub`` redacts the error's message (the CLI's :func:`envkit.redact.for_run` knows the run's secrets).
+    """
     from .diagnostics import service_of, services
 
     failed = None
     if error is not None:
-        failed = {"stage": getattr(error, "stage", None), "service": service_of(error), "message": str(error)}
+        failed = {"stage": getattr(error, "stage", None), "service": service_of(error), "message": scrub(str(error))}
     bundle = getattr(error, "diagnostics", None) or next(
         (s["detail"].removeprefix("written to ") for s in stages if s["stage"] == "diagnostics"), None)
     return {
@@ -202,8 +204,8 @@ def finish(environ: Mapping[str, str], report: dict[str, Any], stream: IO[str]) 
 
 
 def redact_urls(text: str) -> str:
-    """``scheme://user:***@host``: the password of any URL in ``text`` replaced."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    """``scheme://user:***@host``: the password of any URL in ``text`` replaced (:func:`envkit.redact.urls`)."""
+    return redact.urls(text)
 
 
 def _bundle(folder: str | Path | None) -> dict[str, Any]:

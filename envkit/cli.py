@@ -52,6 +52,10 @@ class Ctx:
         self.loaded = config_mod.load(Path.cwd(), config_file=self.opts.get("config_file"), overrides=overrides)
         return self.loaded
 
+    def redactor(self) -> redact.Redactor:
+        """The secrets this command knows of (its config's, the environment's it brought up)."""
+        return redact.for_run(self.loaded, self.up_env.session if self.up_env else None)
+
     def on_up(self, env: lifecycle.Environment) -> None:
         """The environment is up: remember it for the CI summary; in GitHub Actions, mask its secrets at once."""
         from . import ci
@@ -67,7 +71,8 @@ class Ctx:
         environ = self.loaded.environ if self.loaded is not None else os.environ
         if command in ("up", "test", "run") and ci.active(environ):
             try:
-                ci.finish(environ, ci.report(command, code, error, self.reporter.stages, self.up_env), sys.stdout)
+                ci.finish(environ, ci.report(command, code, error, self.reporter.stages, self.up_env, self.redactor()),
+                          sys.stdout)
             except (OSError, EnvkitError) as exc:  # the runner's files: never worth failing a finished run for
                 click.echo(f"envkit: could not write the GitHub Actions summary or outputs: {exc}", err=True)
 
@@ -164,7 +169,7 @@ def _failed(ctx: Ctx, exc: EnvkitError) -> int:
     ctx.reporter.close()
     where = f" [{exc.stage}]" if exc.stage else ""
     # a server's log or a command's output in the message may hold a password
-    message = redact.for_run(ctx.loaded, ctx.up_env.session if ctx.up_env else None)(str(exc))
+    message = ctx.redactor()(str(exc))
     if ctx.opts["as_json"]:
         click.echo(json.dumps({"ok": False, "stage": exc.stage, "error": message}))
     click.echo(f"envkit: error{where}: {message}", err=True)
@@ -314,7 +319,8 @@ def status(ctx: Ctx) -> int:
     found = health.check(session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
             "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
-            "database_url": redact.url(session.exports.get("DATABASE_URL", "")), "redis_url": session.exports.get("REDIS_URL"),
+            "database_url": redact.url(session.exports.get("DATABASE_URL", "")),
+            "redis_url": redact.url(session.exports.get("REDIS_URL", "")) or None,
             "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
     if ctx.opts["as_json"]:
         click.echo(json.dumps(info, indent=2))
@@ -386,10 +392,10 @@ def prune(ctx: Ctx, dry_run: bool) -> int:
     config = ctx.config()
     stale = load(config)
     removed = []
-    if stale is not None and stale.orphaned:
+    if stale is not None and (stale.orphaned or stale.info.get("teardown_failed")):  # the latter: `down` failed
         removed.append(stale.label)
         if not dry_run:
-            lifecycle.reap_stale(config)
+            lifecycle.teardown_session(config, stale)
     if docker_reachable(config.environ):
         from .backends.compose import prune as prune_docker
 

@@ -69,6 +69,7 @@ class RedisConfig:
     server: str | None = None  # native backend: path of redis-server
     url: str | None = None  # external backend
     allow_hosts: list[str] = field(default_factory=list)  # non-loopback hosts whose db envkit may flush
+    allow_flush: bool = False  # external backend: may envkit use (and empty) an index that already holds keys
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ _SECTIONS: dict[str, type] = {
 _ENV_ALIASES = {"ENVKIT_PG_BINDIR": ("postgres", "bindir")}
 # ENVKIT_* names that are not settings: what envkit exports to the child, markers, the plugin's switch.
 _ENV_OTHERS = {"ENVKIT_NAME", "ENVKIT_STATE_FILE", "ENVKIT_USERS_FILE", "ENVKIT_SCHEMA", "ENVKIT_SESSION",
-               "ENVKIT_STARTED_BY", "ENVKIT_REQUIRE", "ENVKIT_REDIS_PREFIX"}
+               "ENVKIT_STARTED_BY", "ENVKIT_REQUIRE", "ENVKIT_REDIS_PREFIX", "ENVKIT_PYTEST_RUN"}
 _NOT_FROM_ENV = {"root", "source", "environ", "postgres", "redis", "migrations", "seed", "env", "services"}
 
 
@@ -403,7 +404,7 @@ def _validate(config: Any, source: str) -> None:
     if isinstance(config, Config):
         choice("backend", config.backend, BACKEND_NAMES)
         choice("diagnostics", config.diagnostics, DIAGNOSTICS_MODES)
-        if config.timeout <= 0:
+        if not 0 < config.timeout < float("inf"):  # NaN fails both comparisons
             raise ConfigError(f"{source}: timeout must be a positive number of seconds, found {config.timeout}")
         if config.cache_max_mb < 0:
             raise ConfigError(f"{source}: cache_max_mb must be 0 or more megabytes, found {config.cache_max_mb}")

@@ -21,7 +21,7 @@ NAME = "envkit-test"
 REPOSITORY = "envkit-dev/envkit-test"
 EMBEDDED_HINT = f"pip install '{NAME}[embedded]'"
 
-_OTHER = re.compile(r"^envkit-([^-]+)\.(dist|egg)-info$", re.IGNORECASE)  # "envkit_test-..." is ours
+_OTHER = re.compile(r"^envkit-\d[^/]*\.(dist|egg)-info$", re.IGNORECASE)  # "envkit-0.7.1.dist-info"; ours is "envkit_test-..."
 
 
 def other_envkit(paths: Iterable[str] | None = None) -> str | None:

@@ -13,9 +13,10 @@
     │   ├── MigrationFailed          a migration (file, revision, command) failed
     │   ├── SeedError                seeding failed (bad user, password too long, ...)
     │   └── UnsafeTarget             refused to touch a database envkit did not create
-    └── StateError                   the .envkit state is missing or unreadable
-        ├── StaleEnvironment         the environment left up was built from other migrations or seeds
-        └── EnvironmentGone          a server, container or the database of the environment left up is gone
+    ├── StateError                   the .envkit state is missing or unreadable
+    │   ├── StaleEnvironment         the environment left up was built from other migrations or seeds
+    │   └── EnvironmentGone          a server, container or the database of the environment left up is gone
+    └── TeardownIncomplete           teardown could not remove everything; the state is kept to finish it
 
     KeyboardInterrupt
     └── Interrupted                  a signal (SIGINT, SIGTERM, SIGHUP) stopped envkit
@@ -138,6 +139,20 @@ class EnvironmentGone(StateError):
         super().__init__(
             f"the environment {label} that is up is broken: {'; '.join(gone)}. Run `envkit up --replace` "
             "(or `envkit down`, then `envkit up`) for a fresh one")
+
+
+class TeardownIncomplete(EnvkitError):
+    """Teardown could not remove everything the state records (an engine or server that does not answer).
+
+    The state file is kept, so that a later ``envkit down`` (or ``envkit prune``) can finish the job.
+    """
+
+    def __init__(self, label: str, what: str) -> None:
+        self.label = label
+        super().__init__(
+            f"could not finish tearing down {label}: {what}. Its record is kept in .envkit/state.json: run "
+            "`envkit down` again once that answers (or `envkit prune`); if it is gone for good, with everything it "
+            "ran, delete .envkit/state.json")
 
 
 class Interrupted(KeyboardInterrupt):

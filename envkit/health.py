@@ -7,7 +7,7 @@ recorded, then asks PostgreSQL whether the environment's database exists:
     native    each server's pid still alive and still this session's
     docker    each container still there and running (the engine's API on its socket)
     external  Redis answers PING (PostgreSQL: the query below answers for it)
-    all       ``SELECT 1 FROM pg_database WHERE datname = %s`` on the server
+    all       the environment's database and its template in ``pg_database``, one query
 
 It runs on every plain ``pytest`` with an environment up, so it costs a few
 /proc reads or one request to the engine, and one connection (bench/health.py
@@ -148,28 +148,29 @@ _BACKENDS: dict[str, Callable[[Session], list[Gone]]] = {"native": _native, "doc
 # -- the database -------------------------------------------------------------------
 
 def _database(session: Session) -> list[Gone]:
-    """The environment's migrated and seeded database still exists (asked from the server's maintenance database)."""
+    """The environment's database and its template still exist (asked from the server's maintenance database)."""
     from .provision.database import connect
-    from .workspace import endpoints
+    from .workspace import endpoints, template_of
 
     pg, _ = endpoints(session)
     if pg is None:
         return []
+    wanted = list(dict.fromkeys([pg.database, template_of(session, pg).database]))
     where = f"{pg.host}:{pg.port}"
     admin = pg.admin_url
     if session.backend == "native" and session.resources.get("run_dir"):
         from .backends.native import admin_url
 
-        admin = admin_url(Path(session.resources["run_dir"]), pg.port)  # its socket: a third of the TCP login's cost
+        admin = admin_url(Path(session.resources["run_dir"]), pg.port)  # its socket: no password exchange
     try:
         with connect(admin, connect_timeout=CONNECT_TIMEOUT) as conn:
-            row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (pg.database,)).fetchone()
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (wanted,)).fetchall()
     except Exception as exc:  # noqa: BLE001 - psycopg's OperationalError and its kin: the server is the finding
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return [Gone("postgres", f"postgres at {where} does not answer ({first})")]
-    if row is None:
-        return [Gone("database", f"the database {pg.database} on {where} no longer exists (dropped, perhaps by a test)")]
-    return []
+    found = {row[0] for row in rows}
+    return [Gone("database", f"the database {name} on {where} no longer exists (dropped, perhaps by a test)")
+            for name in wanted if name not in found]
 
 
 def _get(socket_path: str, path: str) -> tuple[int, Any]:

@@ -31,7 +31,7 @@ from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError
+from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
 from .proc import end_child
 from .provision import database, redis_index
 from .provision.migrate import kind_of, migrate
@@ -154,10 +154,13 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         _preimport("jinja2")
     reap_stale(config)
     backend = select_backend(config)
+    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
+        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
+                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with TeardownStack() as stack, diagnostics.capture(config, session, backend, timings, report):
-        stack.callback(session.remove)
+        stack.push(_forget_unless_incomplete(session))
         if config.watchdog:  # tears down if this process is killed before it can (SIGKILL)
             stack.callback(start_watchdog(config, session))
         content = cache.contents(config) if config.postgres.enabled else {}
@@ -193,6 +196,22 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
         signals.check()
         return Environment(config, session, running, env, timings, stack.pop_all())
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _forget_unless_incomplete(session: Session) -> Callable[..., bool]:
+    """The last step of a teardown: remove the state, unless the teardown before it failed (then it is the only
+    record of what is still running, for ``envkit down`` or ``prune`` to finish)."""
+
+    def forget(exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, TeardownIncomplete):
+            session.detached = False  # no owner will finish it now: later commands may (an orphan once this exits)
+            session.info["teardown_failed"] = str(exc)
+            session.save()
+        else:
+            session.remove()
+        return False
+
+    return forget
 
 
 class TeardownStack(ExitStack):
@@ -372,13 +391,28 @@ def reap_stale(config: Config) -> bool:
 
 
 def teardown_session(config: Config, session: Session) -> None:
-    """Tear down a recorded environment from any process; idempotent."""
+    """Tear down a recorded environment from any process; idempotent.
+
+    The record is removed only once teardown succeeded: a :class:`TeardownIncomplete` keeps it (noting why),
+    so that a later ``envkit down`` or ``envkit prune`` can finish.
+    """
+    config = made_with(config, session)  # its dotenv file is the one its own settings named
+    refused = None
     with signals.deferred():
         end_child(session.resources.get("child"), session.label)  # the tests of an owner that was killed
-        by_name(session.backend).teardown(session)
+        try:
+            by_name(session.backend).teardown(session)
+        except TeardownIncomplete as exc:
+            session.info["teardown_failed"] = str(exc)
+            session.save()
+            raise
+        except UnsafeTarget as exc:  # a recorded database envkit did not create: all else is down, and that one
+            refused = exc  # will never be envkit's to drop, so the record goes; the refusal is still the outcome
         if config.dotenv:
             config.path(config.dotenv).unlink(missing_ok=True)
         session.remove()
+    if refused:
+        raise refused
 
 
 def down(config: Config) -> Session | None:

@@ -250,13 +250,12 @@ class _Plugin:
     def __post_init__(self) -> None:
         # An xdist worker imports its conftests before it is given its workerinput: what it needs that early, the
         # controller left in os.environ, which the worker inherited ($ENVKIT_PYTEST_RUN, $ENVKIT_STATE_FILE).
-        # The parent pid tells a worker of this run from a pytest started inside one of its tests.
+        # The parent pid tells a worker of this run from a pytest started inside one of its tests (which inherits
+        # PYTEST_XDIST_WORKER too, and must not take that worker's database or Redis index: it is a run of its own).
         worker = os.environ.get("PYTEST_XDIST_WORKER")
         run, _, parent = os.environ.get(_RUN_VARIABLE, "").partition(" ")
-        if worker and parent == str(os.getppid()):
+        if worker and run and parent == str(os.getppid()):
             self.worker, self.run = worker, run
-        elif worker:
-            self.worker = worker
         self.run = self.run or secrets.token_hex(3)
 
     def _option(self, name: str) -> Any:
@@ -271,6 +270,10 @@ class _Plugin:
         try:
             self.envkit_config = self._load_config()
             self.session = self._locate()
+            if self.session is not None:  # the settings it was made with (`envkit -c FILE up`), not just the ones here
+                from .lifecycle import made_with
+
+                self.envkit_config = made_with(self.envkit_config, self.session)
             if self.session is None and wanted:
                 self.environment = self._bring_up()
                 self.session, self.found = self.environment.session, "brought up for this session"
@@ -399,7 +402,12 @@ class _Plugin:
     def database_created_by_envkit(self, name: str) -> bool | None:
         """Whether envkit created ``name``; None: let the guard ask whether this process did."""
         if self.session and name in self.session.resources.get("created_databases", []):
-            return True
+            from .provision import database
+
+            space = self.require("postgres")
+            assert space.postgres is not None
+            # the record alone proves nothing (it can be edited or stale): the mark set at creation does
+            return bool(database.marked(space.postgres, name)) or None
         return None
 
     def redis_ready(self) -> None:

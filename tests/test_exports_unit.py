@@ -65,3 +65,18 @@ def test_asyncio_urls_and_the_configured_driver(tmp_path: Path) -> None:
     assert async_driver(config_with(tmp_path, "")) == ("asyncpg" if installed else "psycopg_async")
     with pytest.raises(ConfigError, match=r"postgres\.async_driver must be one of auto, asyncpg, psycopg, found 'asyncpq'.*'asyncpg'"):
         config_with(tmp_path, '[postgres]\nasync_driver = "asyncpq"\n')
+
+
+def test_a_password_exported_under_a_name_that_cannot_be_masked_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from envkit.exports import build, secrets_of
+
+    config = config_with(tmp_path, USERS + '[env]\nFIRST_SUPERUSER_PASSWORD = "{{ users.admin.password }}"\n'
+                                           'ADMIN_PW = "{{ users.admin.password }}"\n')
+    session = Session(path=tmp_path / ".envkit", name="shop-1", backend="native")
+    with caplog.at_level("WARNING", logger="envkit"):
+        env = build(config, Running(backend="native", postgres=PG), session)
+    assert env["FIRST_SUPERUSER_PASSWORD"] == env["ADMIN_PW"] == "admin-pw"
+    assert [r.getMessage().split(" renders")[0] for r in caplog.records] == ["env.ADMIN_PW"]
+    assert "admin-pw" not in caplog.text
+    assert "admin-pw" in secrets_of({"FIRST_SUPERUSER_PASSWORD": "admin-pw"})  # masked by its name

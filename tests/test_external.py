@@ -8,12 +8,14 @@ list of databases, are exactly as before; then it removes its sentinels.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,12 @@ import psycopg
 import pytest
 import redis
 from conftest import ENVKIT, REPO, Project, need
+from forwarder import Forwarder
 
 import envkit
 from envkit import ProvisionError
 from envkit.backends.external import admin_endpoint
+from envkit.ports import free_port
 from envkit.provision import database
 
 pytest_plugins = ["pytester"]
@@ -35,6 +39,7 @@ ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379"
 ENVKIT_INDEX = 9  # the index envkit is told it may use
 OTHER_INDEXES = (0, 3)  # sentinels live here
+LOCK = Path(tempfile.gettempdir()) / "envkit-external-tests.lock"
 
 
 def _answers(port: int) -> bool:
@@ -75,7 +80,17 @@ def envkit_index() -> redis.Redis:
 
 @pytest.fixture
 def sentinels() -> Iterator[Sentinels]:
+    """Plant the sentinels; the server's list of databases is compared whole, so the external tests of every
+    checkout on this machine take turns (a lock file): another suite's databases come and go meanwhile."""
+    with open(LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _sentinels()
+
+
+def _sentinels() -> Iterator[Sentinels]:
     need(_answers(5432) and _answers(6379), "the machine's PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379")
+    with envkit_index() as client:  # the cleanup below empties it: only if nothing but these tests writes there
+        assert client.dbsize() == 0, f"redis db {ENVKIT_INDEX} on 127.0.0.1:6379 holds keys these tests did not write"
     token = secrets.token_hex(6)
     name = f"envkit_sentinel_{token}"
     key = f"envkit-sentinel:{token}"
@@ -176,6 +191,82 @@ def test_down_from_another_process_drops_what_envkit_made(sentinels: Sentinels, 
     external_project.cli("down", "-q", check=True)
     assert not {*created, leftover} & server_databases()
     assert envkit_index().dbsize() == 0
+    sentinels.assert_untouched()
+
+
+def test_down_drops_only_the_databases_envkit_marked_never_by_record_or_prefix(sentinels: Sentinels,
+                                                                               external_project: Project) -> None:
+    """state.json edited to list a database envkit did not create: refused; a look-alike copy name: left alone."""
+    external_project.cli("up", "-q", check=True)
+    state_file = external_project.root / ".envkit" / "state.json"
+    state = json.loads(state_file.read_text())
+    real = state["resources"]["created_databases"][0]
+    app = f"ekapp_{secrets.token_hex(4)}"  # someone's database: no 'test' in its name, not envkit's
+    planted = [app, f"{app}_keep", f"{real}_0a1b2c_gw0"]  # the last: named like a plugin copy, but not one
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        for name in planted:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        state["resources"]["created_databases"] = [real, app]
+        state_file.write_text(json.dumps(state))
+        result = external_project.cli("down")
+        assert result.returncode == 3, result.stderr
+        assert f"refusing to drop database '{app}'" in result.stderr and "envkit did not create it" in result.stderr
+        assert f"left database {planted[2]}" in result.stderr
+        left = server_databases()
+        assert set(planted) <= left and real not in left
+        assert not state_file.exists()  # the rest was torn down: nothing more to finish
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            for name in planted:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    sentinels.assert_untouched()
+
+
+def test_down_with_the_server_unreachable_keeps_the_state(sentinels: Sentinels, external_project: Project) -> None:
+    """The server goes away (a forwarder in front of it stops): `down` fails, keeps the record, finishes later."""
+    server = Forwarder(free_port(), ("127.0.0.1", 5432)).start()
+    try:
+        external_project.cli("up", "-q", env=external_project.env(
+            ENVKIT_POSTGRES_URL=f"postgresql://postgres@{server.url}/postgres"), check=True)
+        created = json.loads((external_project.root / ".envkit" / "state.json").read_text())["resources"][
+            "created_databases"]
+        server.stop()
+        result = external_project.cli("down")
+        assert result.returncode == 3 and "could not finish tearing down" in result.stderr, result.stderr
+        assert "torn down" not in result.stderr.replace("tearing down", "")
+        assert (external_project.root / ".envkit" / "state.json").exists() and set(created) <= server_databases()
+        server.start()
+        external_project.cli("down", check=True)
+        assert not set(created) & server_databases()
+        assert not (external_project.root / ".envkit" / "state.json").exists()
+    finally:
+        server.stop()
+    sentinels.assert_untouched()
+
+
+def test_a_redis_index_that_holds_keys_is_refused_unless_allowed(sentinels: Sentinels, external_project: Project) -> None:
+    """envkit empties the index it uses: one that holds someone's keys when it starts is refused, and kept."""
+    keys = {f"envkit-test-owned:{sentinels.token}:{i}": str(i) for i in range(3)}  # index 9 is empty: the fixture checked
+    with envkit_index() as client:
+        client.mset(keys)
+    try:
+        result = external_project.cli("up")
+        assert result.returncode == 3, result.stderr
+        assert f"redis db {ENVKIT_INDEX} on 127.0.0.1:6379 already holds 3 keys" in result.stderr
+        assert "redis.allow_flush" in result.stderr
+        with envkit_index() as client:
+            assert client.mget(list(keys)) == list(keys.values()) and client.dbsize() == 3
+        assert not (external_project.root / ".envkit" / "state.json").exists()
+        assert server_databases() == sentinels.databases_before
+
+        allowed = external_project.cli("up", env=external_project.env(ENVKIT_REDIS_ALLOW_FLUSH="1"))
+        assert allowed.returncode == 0 and "holds 3 keys" in allowed.stderr, allowed.stderr
+        external_project.cli("down", check=True)
+        assert envkit_index().dbsize() == 0  # emptied, as allowed: only the keys this test wrote were there
+    finally:
+        with envkit_index() as client:
+            client.delete(*keys)
     sentinels.assert_untouched()
 
 

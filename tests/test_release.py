@@ -71,7 +71,11 @@ def test_the_action_is_ready_to_publish() -> None:
 
 def test_the_other_envkit_is_found_by_its_metadata_folder(tmp_path: Path) -> None:
     (tmp_path / "envkit_test-0.1.0.dist-info").mkdir()  # ours
+    (tmp_path / "envkit").mkdir()  # the import package itself says nothing about whose it is
     assert distribution.other_envkit([str(tmp_path), str(tmp_path / "missing")]) is None
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "envkit-0.6.0-py3.11.egg-info").mkdir()
+    assert distribution.other_envkit([str(tmp_path / "old")]) == str(tmp_path / "old" / "envkit-0.6.0-py3.11.egg-info")
     (tmp_path / "envkit-0.7.1.dist-info").mkdir()
     assert distribution.other_envkit([str(tmp_path)]) == str(tmp_path / "envkit-0.7.1.dist-info")
     assert distribution.other_envkit() is None  # this venv holds envkit-test only

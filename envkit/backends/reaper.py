@@ -105,6 +105,9 @@ def prune(client: Any) -> list[str]:
     for label, info in orphaned(client).items():
         log.warning("removing Docker resources of %s: its owner (pid %s) is gone", label, info.get(OWNER_PID))
         remove_session(client, label)
+        if any(resources(client, SESSION, label).values()):
+            log.warning("could not remove every Docker resource of %s; `envkit prune` tries again", label)
+            continue
         removed.append(label)
     return removed
 

@@ -10,6 +10,14 @@ owns the server, created that database itself (this process remembers what
 :func:`create_database` made; other processes pass ``created_by_envkit``), or
 the database looks disposable: a test-like name on a loopback or allowed host.
 ``allow_unsafe`` (``ENVKIT_ALLOW_UNSAFE=1``) overrides it, with a warning.
+
+On a server envkit did not start, every database it creates carries a mark:
+``COMMENT ON DATABASE <name> IS 'envkit:<name>'``. A teardown from the state
+file (another process: ``envkit down``, a watchdog, a sweep after a crash)
+drops only the exact names recorded there and the copies derived from them
+(``<name>_…``: the template, the pytest plugin's per-process and per-test
+ones), and only those that carry the mark: a record is never proof enough,
+and a name prefix never is either.
 """
 
 from __future__ import annotations
@@ -141,9 +149,24 @@ def create_database(pg: PostgresEndpoint, name: str, *, owner: str | None = None
         except errors.FeatureNotSupported:  # PostgreSQL < 15 has no STRATEGY
             conn.execute(head + sql.SQL(" TEMPLATE {}").format(sql.Identifier(template or "template1")))
         _created.add((pg.host, pg.port, name))
+        if not pg.owned:  # a crash between these two leaves one database unmarked: never dropped, only reported
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(mark(name))))
         if like:
             _carry(conn, name, like)
     return True
+
+
+def mark(name: str) -> str:
+    """The comment envkit puts on database ``name`` when it creates it on a server it did not start."""
+    return f"envkit:{name}"
+
+
+def marked(pg: PostgresEndpoint, name: str) -> bool | None:
+    """Whether database ``name`` carries envkit's mark; None if there is no such database."""
+    with connect(pg.admin_url) as conn:
+        row = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                           (name,)).fetchone()
+    return None if row is None else row[0] == mark(name)
 
 
 def _carry(conn, name: str, like: Profile) -> None:  # type: ignore[no-untyped-def]
@@ -271,19 +294,40 @@ def drop_database(pg: PostgresEndpoint, name: str, *, created_by_envkit: bool | 
     _created.discard((pg.host, pg.port, name))
 
 
-def drop_derived(pg: PostgresEndpoint, prefix: str) -> list[str]:
-    """Drop every database whose name starts with ``prefix``: the ones envkit derived from a database it created.
+def drop_recorded(pg: PostgresEndpoint, name: str) -> None:
+    """Drop database ``name`` that a state file says envkit created, if it carries envkit's mark (or, on a server
+    envkit started, always); UnsafeTarget, naming it, if it does not: a record can be edited or stale."""
+    proven = pg.owned or created_here(pg, name) or marked(pg, name)
+    if proven is None:
+        return  # dropped already
+    if not proven:
+        raise UnsafeTarget(
+            f"refusing to drop database {name!r} on {pg.host}:{pg.port}: the state file lists it as envkit's, but it "
+            f"does not carry the mark envkit puts on every database it creates (COMMENT {mark(name)!r}), so envkit "
+            "did not create it; it was left alone. Drop it yourself if it really is disposable")
+    drop_database(pg, name, created_by_envkit=True)
 
-    ``prefix`` must carry a part unique to one environment or run (a session or
-    run id), which is what makes these envkit's own.
+
+def drop_derived(pg: PostgresEndpoint, prefix: str) -> list[str]:
+    """Drop the databases envkit derived from one it created: names starting with ``prefix``, which carries a
+    part unique to one environment or run (a session or run id).
+
+    On a server envkit did not start, a name is not enough: only databases
+    carrying envkit's mark go; any other is left alone, with a warning.
     """
     with connect(pg.admin_url) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT datname FROM pg_database WHERE left(datname, %s) = %s AND NOT datistemplate",
-            (len(prefix), prefix)).fetchall()]
-    for name in names:
-        drop_database(pg, name, created_by_envkit=True)
-    return names
+        rows = conn.execute(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database "
+            "WHERE left(datname, %s) = %s AND NOT datistemplate", (len(prefix), prefix)).fetchall()
+    dropped = []
+    for name, comment in rows:
+        if pg.owned or comment == mark(name) or created_here(pg, name):
+            drop_database(pg, name, created_by_envkit=True)
+            dropped.append(name)
+        else:
+            log.warning("left database %s on %s:%d alone: its name begins %s, but it does not carry envkit's mark "
+                        "(COMMENT %r), so envkit did not create it", name, pg.host, pg.port, prefix, mark(name))
+    return dropped
 
 
 def prepare_schema(pg: PostgresEndpoint, schema: str) -> None:
