@@ -9,43 +9,60 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from importlib import import_module
 
-from .errors import (
-    BackendUnavailable,
-    BinaryNotFound,
-    CommandFailed,
-    ConfigError,
-    EnvkitError,
-    Interrupted,
-    MigrationFailed,
-    PortInUse,
-    ProvisionError,
-    ReadyTimeout,
-    SeedError,
-    ServiceExited,
-    ServiceFailed,
-    StateError,
-    UnsafeTarget,
-)
-
+TYPE_CHECKING = False  # not typing's: the CLI starts by importing this package, before it can handle a Ctrl-C
 if TYPE_CHECKING:
+    from typing import Any
+
     from .config import Config
     from .config import load as load_config
+    from .errors import (
+        BackendUnavailable,
+        BinaryNotFound,
+        CommandFailed,
+        ConfigError,
+        EnvkitError,
+        Interrupted,
+        MigrationFailed,
+        PortInUse,
+        ProvisionError,
+        ReadyTimeout,
+        SeedError,
+        ServiceExited,
+        ServiceFailed,
+        StateError,
+        UnsafeTarget,
+    )
     from .lifecycle import Environment, down, environment, run, up
 
-# Imported on first use: the CLI starts without paying for them before it can handle a Ctrl-C (envkit.signals).
+# Imported on first use, so that `envkit` (the CLI) installs its signal handlers before anything slow loads.
 _LAZY = {"Config": ("config", "Config"), "load_config": ("config", "load"), "Environment": ("lifecycle", "Environment"),
          "down": ("lifecycle", "down"), "environment": ("lifecycle", "environment"), "run": ("lifecycle", "run"),
-         "up": ("lifecycle", "up")}
+         "up": ("lifecycle", "up"),
+         "BackendUnavailable": ("errors", "BackendUnavailable"),
+         "BinaryNotFound": ("errors", "BinaryNotFound"),
+         "CommandFailed": ("errors", "CommandFailed"),
+         "ConfigError": ("errors", "ConfigError"),
+         "EnvkitError": ("errors", "EnvkitError"),
+         "Interrupted": ("errors", "Interrupted"),
+         "MigrationFailed": ("errors", "MigrationFailed"),
+         "PortInUse": ("errors", "PortInUse"),
+         "ProvisionError": ("errors", "ProvisionError"),
+         "ReadyTimeout": ("errors", "ReadyTimeout"),
+         "SeedError": ("errors", "SeedError"),
+         "ServiceExited": ("errors", "ServiceExited"),
+         "ServiceFailed": ("errors", "ServiceFailed"),
+         "StateError": ("errors", "StateError"),
+         "UnsafeTarget": ("errors", "UnsafeTarget"),
+}
 
 
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module 'envkit' has no attribute {name!r}")
     module, attr = _LAZY[name]
-    value = getattr(importlib.import_module(f".{module}", __name__), attr)
+    value = getattr(import_module(f".{module}", __name__), attr)
     globals()[name] = value
     return value
 

@@ -7,9 +7,9 @@ SIGTERM, SIGHUP; 2 for usage errors.
 
 from __future__ import annotations
 
-from . import signals
+from . import _early
 
-signals.install_early()  # before the slow imports below: a signal now ends envkit quietly, nothing started yet
+_early.install()  # before the slow imports below: a signal now ends envkit quietly, nothing started yet
 
 import functools  # noqa: E402
 import json  # noqa: E402
@@ -22,7 +22,7 @@ from typing import Any  # noqa: E402
 
 import click  # noqa: E402
 
-from . import __version__, distribution, lifecycle, redact  # noqa: E402
+from . import __version__, distribution, lifecycle, redact, signals  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted  # noqa: E402
 from .output import StageReporter, configure_logging  # noqa: E402

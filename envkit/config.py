@@ -163,7 +163,7 @@ _SECTIONS: dict[str, type] = {
 _ENV_ALIASES = {"ENVKIT_PG_BINDIR": ("postgres", "bindir")}
 # ENVKIT_* names that are not settings: what envkit exports to the child, markers, the plugin's switch.
 _ENV_OTHERS = {"ENVKIT_NAME", "ENVKIT_STATE_FILE", "ENVKIT_USERS_FILE", "ENVKIT_SCHEMA", "ENVKIT_SESSION",
-               "ENVKIT_STARTED_BY", "ENVKIT_REQUIRE", "ENVKIT_REDIS_PREFIX"}
+               "ENVKIT_STARTED_BY", "ENVKIT_REQUIRE", "ENVKIT_REDIS_PREFIX", "ENVKIT_PYTEST_RUN"}
 _NOT_FROM_ENV = {"root", "source", "environ", "postgres", "redis", "migrations", "seed", "env", "services"}
 
 

@@ -482,15 +482,21 @@ def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None,
     watchdog (or the next ``envkit down``) can end it when envkit is killed.
     """
     shared = signals.foreground()
-    try:
-        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, process_group=None if shared else 0)
-    except FileNotFoundError:
-        raise EnvkitError(f"cannot run {argv[0]!r}: command not found") from None
-    try:
+    with signals.deferred(then_raise=False):  # raised in the middle of this, a signal would orphan the child
+        try:
+            proc = subprocess.Popen(list(argv), env=env, cwd=cwd, process_group=None if shared else 0)
+        except FileNotFoundError:
+            raise EnvkitError(f"cannot run {argv[0]!r}: command not found") from None
         if session is not None:
             session.resources["child"] = {"pid": proc.pid, "pgid": None if shared else proc.pid}
             session.save()
-        return proc.wait()
+    try:
+        signals.check()
+        code = proc.wait()
+        if session is not None:  # gone: nothing for a watchdog to end, and its pid may be reused
+            session.resources.pop("child", None)
+            session.save()
+        return code
     except Interrupted as exc:
         with signals.deferred(then_raise=False):
             _stop_child(proc, exc.signum, shared)
@@ -520,10 +526,3 @@ def _stop_child(proc: subprocess.Popen[bytes], signum: int, shared: bool) -> Non
     if proc.poll() is None:  # SIGKILLed: gone in a moment
         proc.wait()
     end_child({"pid": proc.pid, "pgid": None if shared else proc.pid}, None)  # what it left running in its group
-
-
-# -- signals (see envkit.signals) ----------------------------------------------
-
-HANDLED_SIGNALS = signals.HANDLED
-install_signal_handlers = signals.install
-deferred_signals = signals.deferred

@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
+from . import _early
 from .errors import Interrupted
 
 log = logging.getLogger("envkit")
@@ -45,10 +46,9 @@ _IMPORT_SYSTEM = ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap
 
 
 def install_early() -> None:
-    """While the CLI loads (nothing started yet): a signal exits at once, with its code and one line."""
+    """While the CLI loads or exits (nothing to tear down): a signal exits at once, with its code and one line."""
     if threading.current_thread() is threading.main_thread():
-        for sig in HANDLED:
-            signal.signal(sig, _exit_now)
+        _early.install()
 
 
 def install() -> None:
@@ -142,9 +142,3 @@ def _raise_or_postpone(frame: FrameType | None) -> None:
             return
     _postponed_at = None
     raise Interrupted(_received[0])
-
-
-def _exit_now(signum: int, frame: object) -> None:
-    with contextlib.suppress(OSError):
-        os.write(2, f"envkit: interrupted by {signal.Signals(signum).name}; nothing was started\n".encode())
-    os._exit(128 + signum)

@@ -10,7 +10,9 @@ waits on the owner's pidfd (or polls its pid) and re-reads ``state.json``:
 - the session was handed over (``envkit up`` detaches it): exit;
 - the owner died: wait for the subprocesses it left (a ``docker compose up``
   still creating containers) to finish, tear the session down through
-  :func:`envkit.lifecycle.teardown_session`, exit.
+  :func:`envkit.lifecycle.teardown_session` (which first ends the command
+  ``envkit test``/``run`` handed off to, with its process group: the tests
+  must not go on against servers that are gone), exit.
 
 It works for every backend. Its limits: it dies with the machine or the
 container it runs in (then the next envkit invocation on that checkout, or
@@ -112,6 +114,7 @@ def _teardown(state_dir: Path, data: dict[str, object], root: Path, config_file:
     from envkit import lifecycle
     from envkit.backends import by_name
     from envkit.errors import EnvkitError
+    from envkit.proc import end_child
     from envkit.state import Session
 
     known = set(Session.__dataclass_fields__) - {"path"}
@@ -120,6 +123,7 @@ def _teardown(state_dir: Path, data: dict[str, object], root: Path, config_file:
         config = config_mod.load(root, config_file=config_file)
     except EnvkitError as exc:
         log.warning("cannot read the configuration (%s); tearing down without it", exc)
+        end_child(session.resources.get("child"), session.label)
         by_name(session.backend).teardown(session)
         session.remove()
         return

@@ -172,10 +172,14 @@ def test_run_dir_moves_the_run_directories(project: Project, shared_folder: Path
     project.configure()
     before = envkit_run_dirs()  # other runs may come and go there meanwhile: only this one's name counts
     env = project.env(ENVKIT_RUN_DIR=str(shared_folder))
+    project.cli("up", "--backend", "native", env=env, check=True)  # the first fills the cache: the second copies it
+    project.cli("down", env=env, check=True)
     project.cli("up", "--backend", "native", env=env, check=True)
     try:
         made = [p for p in shared_folder.iterdir() if p.name.startswith("envkit-proj-")]
         assert len(made) == 1 and (made[0] / "pgdata").is_dir()
+        state = json.loads((project.root / ".envkit" / "state.json").read_text())
+        assert "spare" not in state["resources"]  # spares live on tmpfs: a rename cannot bring them here
         assert str(Path("/dev/shm") / made[0].name) not in envkit_run_dirs() - before
     finally:
         project.cli("down", env=env, check=True)

@@ -198,3 +198,14 @@ def test_lists_from_the_environment_comma_separated_or_json(tmp_path: Path) -> N
 
 def test_run_dir_from_the_environment(tmp_path: Path) -> None:
     assert load_config(tmp_path, environ={"ENVKIT_RUN_DIR": "/var/tmp"}).run_dir == "/var/tmp"
+
+
+def test_every_envkit_name_envkit_itself_uses_is_known() -> None:
+    """No warning for a name envkit reads or sets (a new one must be added to config._ENV_OTHERS)."""
+    import re
+
+    from envkit.config import env_names
+
+    package = Path(__file__).resolve().parents[1] / "envkit"
+    used = {m for f in package.rglob("*.py") for m in re.findall(r"\bENVKIT_[A-Z0-9_]*[A-Z0-9]\b", f.read_text())}
+    assert used and used <= env_names(), sorted(used - env_names())

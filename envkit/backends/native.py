@@ -198,7 +198,7 @@ class NativeBackend:
     @classmethod
     def _from_cache(cls, config: Config, session: Session, entry: Path, data: Path, run_as: RunAs | None) -> None:
         """The entry's cluster at ``data``: a spare renamed into place, else a copy."""
-        if config.cache_spare:
+        if _spares_apply(config, data.parent):
             session.resources["spare"] = {"cache": str(cache.root(config)), "entry": str(entry)}  # for teardown
             if spares.take(cache.root(config), entry, data):
                 session.info["from_spare"] = True
@@ -265,7 +265,7 @@ class NativeBackend:
         stop_groups([(info["pgid"], signal.SIGINT)], _GRACE, [self._procs["postgres"]])
         extra = [session.users_file] if session.users_file.exists() else []
         entry = cache.store(config, "snapshots", f"{session.resources['cluster_key']}-{key}", run_dir / "pgdata", extra)
-        if config.cache_spare:  # the next start renames a spare of the new snapshot into place
+        if _spares_apply(config, run_dir):  # the next start renames a spare of the new snapshot into place
             session.resources["spare"] = {"cache": str(cache.root(config)), "entry": str(entry)}
         self._spawn(session, "postgres", self._argv["postgres"], RunAs.for_servers())
         self._wait_postgres(session, running.postgres.port, config.timeout)
@@ -334,6 +334,11 @@ def run_root(config: Config, run_as: RunAs | None) -> Path:
                                  "runs as root, the servers do not); make it and the folders above it readable by "
                                  "others (chmod o+rx), or choose another run_dir")
     return root
+
+
+def _spares_apply(config: Config, run_dir: Path) -> bool:
+    """Spares live on tmpfs and are renamed into place: not for a run_dir elsewhere, where a rename cannot reach."""
+    return config.cache_spare and run_dir.parent == tmpfs_root()
 
 
 def binary_copies(config: Config) -> Path:
