@@ -11,6 +11,7 @@ from . import _early
 
 _early.install()  # before the slow imports below: a signal now ends envkit quietly, nothing started yet
 
+import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -204,6 +205,8 @@ def up(ctx: Ctx, replace: bool) -> int:
     existing = lifecycle.current(config)
     if existing is not None and replace:
         lifecycle.teardown_session(config, existing)
+        if config.backend == "auto" and existing.backend:  # a replacement, not a new choice: keep its backend
+            config = dataclasses.replace(config, backend=existing.backend)
         if not ctx.opts["quiet"]:
             click.echo(f"envkit: {existing.label} torn down, to be replaced", err=True)
     elif existing is not None:

@@ -37,7 +37,20 @@ def other_envkit(paths: Iterable[str] | None = None) -> str | None:
     return None
 
 
+def _ours_before_the_rename(found: str) -> bool:
+    """Whether the 'envkit' metadata is this project's own, installed before it was published as envkit-test."""
+    try:  # ours registers the pytest plugin; the parser has no pytest11 entry point
+        with open(os.path.join(found, "entry_points.txt"), encoding="utf-8") as fh:
+            return "envkit.pytest_plugin" in fh.read()
+    except OSError:
+        return False
+
+
 def clash_message(found: str) -> str:
+    if _ours_before_the_rename(found):
+        return (f"an install of envkit made before it was published as '{NAME}' is still here ({found}), beside the new "
+                f"one: the two share the 'envkit' package's files. Fix: pip uninstall -y envkit {NAME} && pip install "
+                f"{NAME} (in a checkout of envkit: make venv)")
     return (f"another distribution called 'envkit' is installed ({found}): an unrelated project that also installs a "
             f"top-level 'envkit' package, so the two overwrite each other's files. envkit's own distribution is "
             f"'{NAME}'. Fix: pip uninstall -y envkit {NAME} && pip install {NAME} (the two cannot share one environment; "

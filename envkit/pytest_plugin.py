@@ -36,13 +36,13 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
 from . import distribution, isolation
 from .config import BACKEND_NAMES
-from .errors import EnvkitError
+from .errors import EnvkitError, StateError
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -277,10 +277,12 @@ class _Plugin:
             if self.session is None and wanted:
                 self.environment = self._bring_up()
                 self.session, self.found = self.environment.session, "brought up for this session"
-        except Exception as exc:  # noqa: BLE001 - a broken environment fails the tests that need it, not the run
-            if wanted:
+        except Exception as exc:  # noqa: BLE001 - reported as envkit's own paragraph, never a traceback
+            if wanted or isinstance(exc, StateError):
+                # an environment is up (or was handed over) but cannot be used: stop before any conftest is imported,
+                # or an application that reads its settings at import would run against whatever .env or the shell say
                 self._stop(f"envkit: {_describe(exc)}")
-            self.problem = (f"envkit: {_describe(exc)}", True)
+            self.problem = (f"envkit: {_describe(exc)}", True)  # e.g. a config error and no environment: those tests fail
             return
         if self.session is None:
             self.problem = (self._missing(), False)
@@ -290,15 +292,12 @@ class _Plugin:
         try:
             self.workspace = Workspace.open(self.envkit_config, self.session, self.run, self.worker)
         except Exception as exc:  # noqa: BLE001
-            message = f"envkit: cannot set up this process's database and Redis: {_describe(exc)}"
-            if wanted:
-                self._stop(message)
-            self.problem = (message, True)
-            return
+            # an environment is there, this process's database is not: stop before conftests point anywhere else
+            self._stop(f"envkit: cannot set up this process's database and Redis: {_describe(exc)}")
         self._set_environ(self.workspace.exports)
 
-    def _stop(self, message: str) -> None:
-        """--envkit was asked for and there is no environment: stop before any conftest runs against another one."""
+    def _stop(self, message: str) -> NoReturn:
+        """No usable environment where one was asked for or is up: stop before any conftest runs against another one."""
         self._say(message)
         raise SystemExit(3)  # pytest's own cleanup runs finish_run: whatever was brought up is torn down
 
@@ -316,7 +315,7 @@ class _Plugin:
         if file:
             session = state.read(Path(file))
             if session is None:
-                raise EnvkitError(f"ENVKIT_STATE_FILE is {file}, which does not exist: the environment handed to "
+                raise StateError(f"ENVKIT_STATE_FILE is {file}, which does not exist: the environment handed to "
                                   "these tests is gone. Run them again through envkit test")
             self.found = "handed over by envkit"
             return session

@@ -82,9 +82,12 @@ def assert_refused(project: Project, gone: str) -> None:
         assert refused.returncode == EXIT_ENVKIT_ERROR, (command, refused.stderr)
         assert "is broken" in refused.stderr and gone in refused.stderr and FIX in refused.stderr, (command, refused.stderr)
         assert "Traceback" not in refused.stderr
-    plain = pytest_run(project, "tests/test_suite.py")
-    assert plain.returncode == 1, plain.stdout + plain.stderr
-    assert "1 passed, 1 error" in plain.stdout and gone in plain.stdout and FIX in plain.stdout, plain.stdout
+    (project.root / "tests" / "conftest-imported").unlink(missing_ok=True)
+    plain = pytest_run(project, "tests/test_suite.py")  # stops before any conftest can read another database
+    said = plain.stdout + plain.stderr
+    assert plain.returncode == EXIT_ENVKIT_ERROR, said
+    assert gone in said and FIX in said and "passed" not in said and "Traceback" not in said, said
+    assert not (project.root / "tests" / "conftest-imported").exists(), "the conftest was imported"
 
 
 def assert_recovers(project: Project, *up_args: str) -> None:
@@ -97,9 +100,17 @@ def assert_recovers(project: Project, *up_args: str) -> None:
     assert project.cli("test", "tests/test_suite.py").returncode == 0
 
 
+CONFTEST = '''
+from pathlib import Path
+
+Path(__file__).with_name("conftest-imported").touch()  # what an app reading its settings at import would do first
+'''
+
+
 def suite(project: Project, body: str = "") -> None:
     project.configure(body)
     project.write("tests/test_suite.py", SUITE)
+    project.write("tests/conftest.py", CONFTEST)
 
 
 # -- native -------------------------------------------------------------------------

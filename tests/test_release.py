@@ -81,6 +81,19 @@ def test_the_other_envkit_is_found_by_its_metadata_folder(tmp_path: Path) -> Non
     assert distribution.other_envkit() is None  # this venv holds envkit-test only
 
 
+def test_envkits_own_install_from_before_the_rename_is_named_as_such(tmp_path: Path) -> None:
+    """A checkout upgraded in place keeps its old 'envkit' metadata: said to be envkit's own, not the parser."""
+    old = tmp_path / "envkit-0.1.0.dist-info"
+    old.mkdir()
+    (old / "entry_points.txt").write_text("[pytest11]\nenvkit = envkit.pytest_plugin\n")
+    message = distribution.clash_message(str(old))
+    assert "made before it was published as 'envkit-test'" in message and "unrelated" not in message
+    assert "pip uninstall -y envkit envkit-test && pip install envkit-test" in message
+    parser = tmp_path / "envkit-0.7.1.dist-info"
+    parser.mkdir()
+    assert "an unrelated project" in distribution.clash_message(str(parser))
+
+
 def _with_the_other_envkit(tmp_path: Path) -> dict[str, str]:
     """A sys.path entry holding what pip leaves for the other project: its metadata folder."""
     site = tmp_path / "site"
