@@ -225,20 +225,9 @@ def _collect(backend: Backend, session: Session, error: BaseException | None) ->
     return out
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _strings(item)
-
-
 def _compose_files(config: Config, session: Session) -> list[Path]:
     # only the files this session recorded: .envkit/ may hold an earlier docker run's compose file
-    candidates = [Path(v) for v in _strings(session.resources) if v.endswith((".yml", ".yaml")) and "\n" not in v]
+    candidates = [Path(v) for v in redact.strings(session.resources) if v.endswith((".yml", ".yaml")) and "\n" not in v]
     seen: dict[Path, None] = {}
     for path in candidates:
         if path.is_file() and FOLDER not in path.parts:

@@ -115,18 +115,19 @@ def for_run(config: Config | None, session: Session | None = None, extra: Iterab
     if session is not None:
         values += exports.secrets_of(session.exports)
         values.append(str(session.info.get("password") or ""))
-        candidates += [*session.exports.values(), *_strings(session.resources)]
+        candidates += [*session.exports.values(), *strings(session.resources)]
     for value in candidates:
         values += url_passwords(value)
     return Redactor(v for v in values if v)
 
 
-def _strings(value: Any) -> Iterator[str]:
+def strings(value: Any) -> Iterator[str]:
+    """Every string inside nested mappings, lists and tuples."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
         for item in value.values():
-            yield from _strings(item)
+            yield from strings(item)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _strings(item)
+            yield from strings(item)
