@@ -16,13 +16,11 @@ measures it). :func:`require` turns what is gone into :class:`EnvironmentGone`.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .errors import EnvironmentGone
 from .state import Session
@@ -88,11 +86,13 @@ def _docker(session: Session) -> list[Gone]:
     url = (session.resources.get("engine") or {}).get("url", "unix:///var/run/docker.sock")
     if not url.startswith("unix://"):
         return _ports(session)  # a remote engine: its API needs TLS or ssh (the SDK, 0.3 s); its ports tell enough
+    from .backends.engine import get as engine_get  # the one plain HTTP client for the engine's socket
+
     path = url[len("unix://"):]
     gone = []
     for service, container in sorted(found.items()):
         try:
-            status, body = _get(path, f"/containers/{container}/json")
+            status, body = engine_get(path, f"/containers/{container}/json")
         except OSError as exc:
             return [Gone("docker", f"the Docker engine at {url} does not answer ({exc}), so its containers cannot be "
                                    "checked")]
@@ -173,14 +173,3 @@ def _database(session: Session) -> list[Gone]:
             for name in wanted if name not in found]
 
 
-def _get(socket_path: str, path: str) -> tuple[int, Any]:
-    from .backends.engine import _UnixHTTPConnection  # the one plain HTTP client for the engine's socket
-
-    conn = _UnixHTTPConnection(socket_path)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    return response.status, json.loads(body) if response.status == 200 else None
