@@ -394,11 +394,13 @@ def test_envkit_brings_up_keeps_and_reuses(clean_environ: pytest.MonkeyPatch, py
         assert "left up by envkit up" in result.stdout.str()
         assert state_file.exists()
 
-        # a migration changed since: reusing it would test against the old schema, so the tests fail and say why
+        # a migration changed since: reusing it would test against the old schema, so the run stops before any
+        # conftest is imported, and says why
         project.write("migrations/002_more.sql", "ALTER TABLE users ADD COLUMN nickname text;")
         result = pytester.runpytest_subprocess()
-        result.assert_outcomes(errors=1)
-        assert "migrations/002_more.sql" in result.stdout.str() and "envkit up --replace" in result.stdout.str()
+        said = result.stdout.str() + result.stderr.str()
+        assert result.ret == 3, said
+        assert "migrations/002_more.sql" in said and "envkit up --replace" in said and "passed" not in said, said
     finally:
         project.cli("down", "-q")
     assert not state_file.exists()
