@@ -49,10 +49,10 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session as OrmSession
 
-    from .backends.base import PostgresEndpoint, RedisEndpoint
     from .config import Config as EnvkitConfig
     from .lifecycle import Environment
     from .provision.data import Snapshot
+    from .services import PostgresEndpoint, RedisEndpoint
     from .state import Session
     from .workspace import Workspace
 

@@ -27,7 +27,7 @@ from ..proc import run
 from .database import connect, guard_with
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint
+    from ..services import PostgresEndpoint
 
 log = logging.getLogger("envkit")
 
