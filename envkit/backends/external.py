@@ -83,6 +83,9 @@ class ExternalBackend:
                 log.warning("redis: no redis.url (ENVKIT_REDIS_URL) or REDIS_URL given; running without Redis")
         return running
 
+    def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
+        """Nothing to keep: the server is somebody else's (the lifecycle asks for no snapshot key here)."""
+
     def teardown(self, session: Session) -> None:
         """Drop the databases envkit created (and their derived copies); flush the one Redis index it used.
 
