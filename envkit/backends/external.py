@@ -90,6 +90,9 @@ class ExternalBackend:
             running.services[spec.name] = endpoint(spec, host, host_ports, config.project, owned=False, url=spec.url)
         return running
 
+    def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
+        """Nothing to keep: the server is somebody else's (the lifecycle asks for no snapshot key here)."""
+
     def teardown(self, session: Session) -> None:
         """Drop the databases envkit created (and their derived copies); flush the one Redis index it used.
 
