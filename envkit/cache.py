@@ -7,7 +7,6 @@ least-recently-used first when the cache grows past ``cache_max_mb``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -19,7 +18,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Config
-from .errors import EnvkitError
 from .proc import run
 
 log = logging.getLogger("envkit")
@@ -79,19 +77,17 @@ def store(config: Config, kind: str, key: str, src: Path | None = None, extra: I
 
 
 def clear(config: Config) -> int:
-    """Remove every cache entry, their spare copies on tmpfs, and the binaries copied for the servers' user."""
-    from . import spares
-    from .backends.native import binary_copies
-
+    """Remove every cache entry; returns the bytes freed. (``envkit cache clear`` also removes the native
+    backend's copies of them: :func:`envkit.backends.native.backend.clear_copies`.)"""
     path = root(config)
     size = _size(path)
     shutil.rmtree(path, ignore_errors=True)
-    spares.clear(path)
-    with contextlib.suppress(EnvkitError):
-        copies = binary_copies(config)
-        size += _size(copies) if copies.is_dir() else 0
-        shutil.rmtree(copies, ignore_errors=True)
     return size
+
+
+def size_of(path: Path) -> int:
+    """The bytes of the files under ``path``."""
+    return _size(path)
 
 
 def entries(config: Config) -> list[tuple[str, str, int, float]]:

@@ -114,7 +114,7 @@ class Config:
     cache: bool = True
     cache_dir: str | None = None
     cache_max_mb: int = 1024
-    cache_spare: bool = True  # native: keep a copy of the cached cluster on tmpfs for the next start (envkit.spares)
+    cache_spare: bool = True  # native: keep a copy of the cached cluster on tmpfs for the next start (envkit.backends.native.spares)
     run_dir: str | None = None  # native: the folder run directories are made in; default /dev/shm, else the temp dir
     keep: bool = False
     keep_on_failure: bool = False

@@ -100,7 +100,7 @@ def _docker(config: Config, backend: str) -> list[Check]:
 
 
 def _compose(config: Config, backend: str) -> list[Check]:
-    from .backends.engine import compose_cli, compose_env
+    from .backends.docker.engine import compose_cli, compose_env
     from .proc import run
 
     needed = backend == "docker"
@@ -164,7 +164,7 @@ def _user_services(config: Config, backend: str) -> list[Check]:
 
 
 def _postgres_binaries(config: Config, backend: str) -> list[Check]:
-    from .backends.binaries import find_postgres
+    from .backends.native.binaries import find_postgres
 
     if not config.postgres.enabled:
         return []
@@ -177,7 +177,7 @@ def _postgres_binaries(config: Config, backend: str) -> list[Check]:
 
 
 def _redis_binary(config: Config, backend: str) -> list[Check]:
-    from .backends.binaries import find_redis
+    from .backends.native.binaries import find_redis
 
     if not config.redis.enabled:
         return []

@@ -26,8 +26,8 @@ log = logging.getLogger("envkit")
 
 #: name -> "module:class", imported only when chosen (the docker SDK is slow to import).
 BACKENDS: dict[str, str] = {
-    "native": "envkit.backends.native:NativeBackend",
-    "docker": "envkit.backends.compose:ComposeBackend",
+    "native": "envkit.backends.native.backend:NativeBackend",
+    "docker": "envkit.backends.docker.backend:ComposeBackend",
     "external": "envkit.backends.external:ExternalBackend",
 }
 
@@ -58,7 +58,7 @@ def select(config: Config) -> Backend:
 
 def docker_reachable(environ: Mapping[str, str], timeout: float = 0.5) -> bool:
     """Whether a Docker engine answers /_ping (a raw request: importing the SDK costs 0.2 s)."""
-    from .engine import locate  # DOCKER_HOST, else the current docker context, else the local socket
+    from .docker.engine import locate  # DOCKER_HOST, else the current docker context, else the local socket
 
     host = locate(environ).url
     try:
