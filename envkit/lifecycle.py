@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, health, progress, signals, state
+from . import cache, diagnostics, exports, health, progress, services, signals, state
 from .backends import by_name
 from .backends import select as select_backend
-from .backends.base import Running
+from .backends.base import Backend, Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
+from .errors import BackendUnavailable, EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
 from .proc import end_child
 from .provision import database, redis_index
 from .provision.migrate import kind_of, migrate
@@ -121,8 +121,12 @@ def read_users(session: Session) -> list[dict[str, Any]]:
         return []
 
 
-def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
-    """Bring an environment up: started, ready, migrated, seeded, exported."""
+def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | None = None) -> Environment:
+    """Bring an environment up: started, ready, migrated, seeded, exported.
+
+    ``backend``: run the services on this object instead of the backend ``config.backend`` names
+    (the unit tests' fake). Its ``name`` is recorded in the state; ``envkit down`` looks it up there.
+    """
     report = reporter or _log_reporter
     timings: dict[str, float] = {}
 
@@ -153,10 +157,11 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
     if config.env:  # user-defined exports are Jinja2 templates: its import (25-50 ms) overlaps the servers' start
         _preimport("jinja2")
     reap_stale(config)
-    backend = select_backend(config)
-    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
-        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
-                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
+    backend = backend if backend is not None else select_backend(config)
+    for spec in services.specs(config):  # before anything starts: a service this backend cannot run is an error
+        missing = services.unsupported(spec, backend.name, config.environ)
+        if missing:
+            raise BackendUnavailable(f"the {backend.name} backend cannot run service {spec.name!r}: {missing}")
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with TeardownStack() as stack, diagnostics.capture(config, session, backend, timings, report):
@@ -182,11 +187,12 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
                 stage("migrate", migrate, config, pg, env, detail=lambda d: d)
                 stage("seed", seed, config, pg, session.users_file, env, detail=lambda d: d)
                 stage("template", _make_template, config, pg, session, stack, detail=database.template_name(pg.database))
-                if key and hasattr(backend, "save_snapshot"):
+                if key:
                     stage("snapshot", backend.save_snapshot, config, session, running, key, detail="cached for next time")
         if pg:  # a snapshot holds the template too (its key says so)
             session.resources["template_database"] = database.template_name(pg.database)
         session.exports = env
+        session.services = services.record(running.services)
         session.info["timings"] = timings
         session.save()
         if config.dotenv:
@@ -231,7 +237,7 @@ def _interruption(exc: BaseException) -> BaseException:
     return Interrupted(signum)
 
 
-def _start(backend: Any, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+def _start(backend: Backend, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
     running: Running = backend.start(config, session, stack, key)
     if running.redis:
         try:
@@ -278,6 +284,8 @@ def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str 
         return None
     if kind_of(config) == "command":
         return None  # an arbitrary command's effect cannot be fingerprinted
+    if backend == "external":
+        return None  # somebody else's server: there is nothing to keep a snapshot in, or to start one from
     seeds = config.seed.file or config.seed.users or config.seed.sql or config.seed.hook
     if kind_of(config) == "none" and not seeds and backend != "docker":
         return None  # nothing to migrate or seed: the native pristine-cluster cache is the snapshot; a container
@@ -291,7 +299,7 @@ def _describe(running: Running, session: Session) -> str:
         parts.append(f"postgres {running.postgres.version} on {running.postgres.host}:{running.postgres.port}")
     if running.redis:
         parts.append(f"redis {running.redis.version} on {running.redis.host}:{running.redis.port}")
-    parts += list(running.extra)
+    parts += [f"{name} on {ep.host}:{ep.port}" if ep.port else name for name, ep in running.user.items()]
     return ", ".join(parts) + (" (snapshot)" if running.restored else "")
 
 
@@ -320,9 +328,10 @@ def _finish_preimports() -> None:
 
 
 @contextlib.contextmanager
-def environment(config: Config, *, reporter: Reporter | None = None) -> Iterator[Environment]:
-    """``with envkit.environment(config) as env:`` brings it up and always tears it down."""
-    env = up(config, reporter=reporter)
+def environment(config: Config, *, reporter: Reporter | None = None,
+                backend: Backend | None = None) -> Iterator[Environment]:
+    """``with envkit.environment(config) as env:`` brings it up and always tears it down (``backend``: see :func:`up`)."""
+    env = up(config, reporter=reporter, backend=backend)
     try:
         yield env
     finally:
