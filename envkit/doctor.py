@@ -144,17 +144,22 @@ def _images(config: Config, backend: str) -> list[Check]:
 def _user_services(config: Config, backend: str) -> list[Check]:
     if not config.services:
         return []
-    names = ", ".join(sorted(config.services))
-    if backend != "docker":
-        return [Check("services", False, f"[services] defines {names}, but the {backend} backend runs only postgres "
-                      "and redis: they would not start", "use --backend docker, or remove [services]", True)]
-    from .services import specs
+    from .services import specs, unsupported
 
     try:
-        specs(config)
+        found = specs(config)
     except EnvkitError as exc:
         return [Check("services", False, str(exc), "fix the [services] table named above", True)]
-    return [Check("services", True, f"{names} (docker)")]
+    checks = []
+    for spec in found:
+        missing = unsupported(spec, backend, config.environ)
+        how = {"native": " ".join(spec.command[:1]), "docker": spec.image or spec.template or "",
+               "external": spec.url or ""}.get(backend, "")
+        checks.append(Check(f"service {spec.name}", missing is None,
+                            missing or f"{spec.name} on the {backend} backend ({how})" + (
+                                f", recipe {spec.recipe}" if spec.recipe else ""),
+                            "" if missing is None else "add what is named above, or choose another --backend", True))
+    return checks
 
 
 def _postgres_binaries(config: Config, backend: str) -> list[Check]:

@@ -108,7 +108,7 @@ def _docker(session: Session) -> list[Gone]:
 
 
 def _external(session: Session) -> list[Gone]:
-    from .backends.native import ping_redis
+    from .services.redis import ping as ping_redis
 
     info = session.resources.get("redis")
     if not info:

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, health, progress, signals, state
+from . import cache, diagnostics, exports, health, progress, services, signals, state
 from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Backend, Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
+from .errors import BackendUnavailable, EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
 from .proc import end_child
 from .provision import database, redis_index
 from .provision.migrate import kind_for, kind_of, migrate
@@ -158,9 +158,10 @@ def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | N
         _preimport("jinja2")
     reap_stale(config)
     backend = backend if backend is not None else select_backend(config)
-    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
-        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
-                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
+    for spec in services.specs(config):  # before anything starts: a service this backend cannot run is an error
+        missing = services.unsupported(spec, backend.name, config.environ)
+        if missing:
+            raise BackendUnavailable(f"the {backend.name} backend cannot run service {spec.name!r}: {missing}")
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with TeardownStack() as stack, diagnostics.capture(config, session, backend, timings, report):
@@ -191,6 +192,7 @@ def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | N
         if pg:  # a snapshot holds the template too (its key says so)
             session.resources["template_database"] = database.template_name(pg.database)
         session.exports = env
+        session.services = services.record(running.services)
         session.info["timings"] = timings
         session.save()
         if config.dotenv:
@@ -297,7 +299,7 @@ def _describe(running: Running, session: Session) -> str:
         parts.append(f"postgres {running.postgres.version} on {running.postgres.host}:{running.postgres.port}")
     if running.redis:
         parts.append(f"redis {running.redis.version} on {running.redis.host}:{running.redis.port}")
-    parts += list(running.extra)
+    parts += [f"{name} on {ep.host}:{ep.port}" if ep.port else name for name, ep in running.user.items()]
     return ", ".join(parts) + (" (snapshot)" if running.restored else "")
 
 

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
+from ..environ import Patch
 from ..errors import CommandFailed, MigrationFailed
 from ..proc import run
 from .database import connect, guard_with
 from .sources import module_exists, module_files, relative, tree
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint
+    from ..services import PostgresEndpoint
 
 log = logging.getLogger("envkit")
 
@@ -247,7 +248,7 @@ def import_target(target: str) -> Any:
 @contextlib.contextmanager
 def _isolated(env: Mapping[str, str], cwd: Path, root: Path) -> Iterator[None]:
     """Run user code with the environment's variables, then put the process back as it was."""
-    saved_env = {k: os.environ.get(k) for k in env}
+    environ = Patch()
     saved_cwd = os.getcwd()
     saved_path = list(sys.path)
     manager = logging.Logger.manager
@@ -255,7 +256,7 @@ def _isolated(env: Mapping[str, str], cwd: Path, root: Path) -> Iterator[None]:
     saved_root = (list(logging.root.handlers), logging.root.level)
     envkit_logger = logging.getLogger("envkit")
     saved_envkit = (list(envkit_logger.handlers), envkit_logger.level, envkit_logger.propagate)
-    os.environ.update(env)
+    environ.set(env)
     sys.path.insert(0, str(root))
     os.chdir(cwd)
     try:
@@ -263,11 +264,7 @@ def _isolated(env: Mapping[str, str], cwd: Path, root: Path) -> Iterator[None]:
     finally:
         os.chdir(saved_cwd)
         sys.path[:] = saved_path
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        environ.restore()
         for name, lg in manager.loggerDict.items():
             if isinstance(lg, logging.Logger):
                 lg.disabled = saved_disabled.get(name, False)
