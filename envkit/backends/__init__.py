@@ -18,18 +18,12 @@ from collections.abc import Mapping
 
 from ..config import Config
 from ..errors import BackendUnavailable
+from ..registry import BACKENDS  # name -> "module:class", the one list of backends
 from .base import Backend, PostgresEndpoint, RedisEndpoint, Running
 
 __all__ = ["BACKENDS", "Backend", "PostgresEndpoint", "RedisEndpoint", "Running", "by_name", "docker_reachable", "select"]
 
 log = logging.getLogger("envkit")
-
-#: name -> "module:class", imported only when chosen (the docker SDK is slow to import).
-BACKENDS: dict[str, str] = {
-    "native": "envkit.backends.native.backend:NativeBackend",
-    "docker": "envkit.backends.docker.backend:ComposeBackend",
-    "external": "envkit.backends.external:ExternalBackend",
-}
 
 
 def by_name(name: str) -> Backend:
