@@ -381,7 +381,7 @@ def logs(ctx: Ctx, service: str | None) -> int:
 @common
 def render_cmd(ctx: Ctx, output: str | None, check: bool) -> int:
     """Write docker-compose.test.yml for plain `docker compose up -d --wait` (fixed ports)."""
-    from .render import render, static_plan
+    from .backends.docker.render import render, static_plan
 
     config = ctx.config()
     path = Path(output) if output else config.root / "compose" / "docker-compose.test.yml"
@@ -417,7 +417,7 @@ def prune(ctx: Ctx, dry_run: bool) -> int:
         if not dry_run:
             lifecycle.teardown_session(config, stale)
     if docker_reachable(config.environ):
-        from .backends.compose import prune as prune_docker
+        from .backends.docker.backend import prune as prune_docker
 
         removed += [label for label in prune_docker(config, dry_run=dry_run) if label not in removed]
     if ctx.opts["as_json"]:
@@ -480,8 +480,10 @@ def cache() -> None:
 def cache_clear(ctx: Ctx) -> int:
     """Remove every cached cluster and snapshot."""
     from . import cache as cache_mod
+    from .backends.native.backend import clear_copies
 
-    freed = cache_mod.clear(ctx.config())
+    config = ctx.config()
+    freed = cache_mod.clear(config) + clear_copies(config)
     click.echo(f"envkit: cache cleared ({freed / 1e6:.1f} MB)", err=True)
     return 0
 
@@ -491,7 +493,7 @@ def cache_clear(ctx: Ctx) -> int:
 def cache_list(ctx: Ctx) -> int:
     """List cache entries."""
     from . import cache as cache_mod
-    from . import spares
+    from .backends.native import spares
 
     config = ctx.config()
     for kind, key, size, _used in cache_mod.entries(config):

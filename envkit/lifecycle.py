@@ -34,7 +34,7 @@ from .config import Config
 from .errors import BackendUnavailable, EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
 from .proc import end_child
 from .provision import database, redis_index
-from .provision.migrate import kind_of, migrate
+from .provision.migrate import kind_for, kind_of, migrate
 from .provision.seed import seed
 from .state import Session, write_private
 from .wait import wait_for
@@ -282,8 +282,8 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
 def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str | None:
     if not config.cache or not config.postgres.enabled:
         return None
-    if kind_of(config) == "command":
-        return None  # an arbitrary command's effect cannot be fingerprinted
+    if not kind_for(config).cacheable:
+        return None  # e.g. an arbitrary command: its effect cannot be fingerprinted
     if backend == "external":
         return None  # somebody else's server: there is nothing to keep a snapshot in, or to start one from
     seeds = config.seed.file or config.seed.users or config.seed.sql or config.seed.hook

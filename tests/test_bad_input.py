@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, envkit_run_dirs, need
 
-from envkit.backends.binaries import find_postgres, find_redis
+from envkit.backends.native.binaries import find_postgres, find_redis
 from envkit.errors import EXIT_ENVKIT_ERROR
 
 SITE = Path(importlib.util.find_spec("pytest").origin).parents[1]  # type: ignore[arg-type,union-attr]

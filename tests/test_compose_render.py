@@ -19,8 +19,8 @@ import yaml
 from conftest import IN_CI, Project, need
 
 from envkit import ConfigError, load_config
-from envkit.backends import engine
-from envkit.render import Health, Plan, postgres_tmpfs, render, static_plan, tmpfs_paths
+from envkit.backends.docker import engine
+from envkit.backends.docker.render import Health, Plan, postgres_tmpfs, render, static_plan, tmpfs_paths
 
 GOLDEN = Path(__file__).parent / "golden" / "docker-compose.test.yml"
 #: Everything Compose and YAML could mangle: interpolation, quotes, comments, mapping colons.

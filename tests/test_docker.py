@@ -30,7 +30,8 @@ from conftest import REPO, Project, envkit_processes, need, wait_until
 from forwarder import Forwarder, unix_path
 
 import envkit
-from envkit.backends import docker_reachable, reaper
+from envkit.backends import docker_reachable
+from envkit.backends.docker import reaper
 from envkit.errors import EXIT_ENVKIT_ERROR
 from envkit.ports import free_port
 from envkit.proc import alive as proc_alive

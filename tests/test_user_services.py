@@ -18,7 +18,7 @@ from conftest import Project, envkit_processes, envkit_run_dirs, need, wait_unti
 
 import envkit
 import envkit.backends
-from envkit.backends.binaries import find_postgres, find_redis
+from envkit.backends.native.binaries import find_postgres, find_redis
 from envkit.proc import alive
 
 #: A tiny HTTP server: GET / answers 200 after an optional delay, and /env tells what it was started with.

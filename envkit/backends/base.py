@@ -45,7 +45,7 @@ class Running:
 
 
 class Backend(Protocol):
-    """How services run. Chosen by name from ``envkit.backends.BACKENDS``."""
+    """How services run. Chosen by name from ``envkit.registry.BACKENDS``; tests/test_registry.py holds each to it."""
 
     name: ClassVar[str]
 

@@ -25,18 +25,19 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar
 
-from .. import cache, ports, spares
-from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, CommandFailed, ServiceExited
-from ..proc import RunAs, alive, marked, run, spawn, stop_groups, tail
-from ..services import PostgresEndpoint, RedisEndpoint, ServiceSpec, probes, specs, waves
-from ..services import redis as redis_service
-from ..services.user import binary, context, endpoint, render
-from ..spares import tmpfs_root
-from ..state import Session
-from ..wait import wait_for
-from .base import Running
+from ... import cache, ports
+from ...config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ...errors import BackendUnavailable, CommandFailed, EnvkitError, ServiceExited
+from ...proc import RunAs, alive, marked, run, spawn, stop_groups, tail
+from ...services import PostgresEndpoint, RedisEndpoint, ServiceSpec, probes, specs, waves
+from ...services import redis as redis_service
+from ...services.user import binary, context, endpoint, render
+from ...state import Session
+from ...wait import wait_for
+from ..base import Running
+from . import spares
 from .binaries import Memo, PgBinaries, find_postgres, find_redis, reachable_postgres, reachable_redis
+from .spares import tmpfs_root
 
 log = logging.getLogger("envkit")
 
@@ -356,7 +357,7 @@ class NativeBackend:
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         spare = session.resources.get("spare")
-        if spare:  # copied now, renamed into place by the next start (envkit.spares)
+        if spare:  # copied now, renamed into place by the next start (envkit.backends.native.spares)
             try:
                 run_as = RunAs.for_servers()
                 spares.make(Path(spare["cache"]), Path(spare["entry"]), lambda src, dst: self._copy_in(src, dst, run_as))
@@ -416,8 +417,19 @@ def _spares_apply(config: Config, run_dir: Path) -> bool:
     return config.cache_spare and run_dir.parent == tmpfs_root()
 
 
+def clear_copies(config: Config) -> int:
+    """Remove the spare copies of the cache's entries and the binaries copied for the servers' user: bytes freed."""
+    spares.clear(cache.root(config))
+    size = 0
+    with contextlib.suppress(EnvkitError):
+        copies = binary_copies(config)
+        size += cache.size_of(copies) if copies.is_dir() else 0
+        shutil.rmtree(copies, ignore_errors=True)
+    return size
+
+
 def binary_copies(config: Config) -> Path:
-    """Where binaries the servers' user could not reach are copied (envkit.backends.binaries)."""
+    """Where binaries the servers' user could not reach are copied (envkit.backends.native.binaries)."""
     return run_root(config, None) / f".envkit-binaries-{os.geteuid()}"
 
 

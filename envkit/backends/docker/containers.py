@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import progress
-from ..errors import ReadyTimeout, ServiceExited, ServiceFailed
-from ..services import probes
-from ..wait import wait_for
+from ... import progress
+from ...errors import ReadyTimeout, ServiceExited, ServiceFailed
+from ...services import probes
+from ...wait import wait_for
 
 log = logging.getLogger("envkit")
 

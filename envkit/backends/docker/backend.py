@@ -23,18 +23,18 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import cache, ports, progress, watchdog
-from .. import render as render_module
-from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, PortInUse, ServiceFailed, TeardownIncomplete
-from ..proc import run
-from ..render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
-from ..services import PostgresEndpoint, RedisEndpoint, ServiceSpec, specs
-from ..services import redis as redis_service
-from ..services.user import endpoint
-from ..state import Session, write_private
+from ... import cache, ports, progress, watchdog
+from ...config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ...errors import BackendUnavailable, PortInUse, ServiceFailed, TeardownIncomplete
+from ...proc import run
+from ...services import PostgresEndpoint, RedisEndpoint, ServiceSpec, specs
+from ...services import redis as redis_service
+from ...services.user import endpoint
+from ...state import Session, write_private
+from ..base import Running
 from . import containers, engine, reaper, snapshots
-from .base import Running
+from . import render as render_module
+from .render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
 
 log = logging.getLogger("envkit")
 
