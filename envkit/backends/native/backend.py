@@ -11,6 +11,7 @@ fingerprint. As root, servers run as an unprivileged user through
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import logging
@@ -77,7 +78,9 @@ class NativeBackend:
                     service.prepare()
                 self._spawn(session, service, service.argv(service.port))
             with ThreadPoolExecutor(max_workers=len(group)) as pool:
-                ready = [pool.submit(self._ready, session, service, config.timeout, root) for service in group]
+                # each wait in a copy of this context: the diagnostics' wait history and progress notes reach it
+                ready = [pool.submit(contextvars.copy_context().run, self._ready, session, service, config.timeout, root)
+                         for service in group]
                 for service, done in zip(group, ready, strict=True):
                     running.services[service.name] = service.endpoint(done.result())
             for service in group:
