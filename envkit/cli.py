@@ -19,7 +19,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import click  # noqa: E402
 
@@ -27,6 +27,9 @@ from . import __version__, distribution, handoff, lifecycle, recorded, redact, s
 from . import config as config_mod  # noqa: E402
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted  # noqa: E402
 from .output import StageReporter, configure_logging  # noqa: E402
+
+if TYPE_CHECKING:
+    from .state import Session
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -321,7 +324,7 @@ def status(ctx: Ctx) -> int:
     stale = recorded.outdated(config, session)
     found = health.check(session)
     info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
-            "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
+            "detached": session.detached, "services": _services(session),
             "database_url": redact.url(session.exports.get("DATABASE_URL", "")),
             "redis_url": redact.url(session.exports.get("REDIS_URL", "")) or None,
             "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
@@ -332,6 +335,9 @@ def status(ctx: Ctx) -> int:
         for key in ("database_url", "redis_url"):
             if info[key]:
                 click.echo(f"  {key}: {info[key]}")
+        for name, service in info["services"].items():
+            if service.get("kind") == "service":
+                click.echo(f"  {name}: {service['host']} " + ", ".join(f"{k} {v}" for k, v in service["ports"].items()))
         for gone in found.gone:
             click.echo(f"  gone: {gone.detail}")
         if not found.ok:
@@ -339,6 +345,17 @@ def status(ctx: Ctx) -> int:
         if stale:
             click.echo(f"  stale: migrated and seeded before {', '.join(stale)} changed; envkit up --replace")
     return 0 if found.ok else 1
+
+
+def _services(session: Session) -> dict[str, dict[str, Any]]:
+    """Each service: where it answers (its typed record, without secrets) and what the backend noted of it."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, record in session.services.items():
+        out[name] = {k: v for k, v in record.items() if k not in ("password", "exports")}
+    for name, facts in session.info.items():
+        if name in out and isinstance(facts, dict):
+            out[name].update(facts)
+    return out
 
 
 @main.command()
@@ -364,7 +381,7 @@ def logs(ctx: Ctx, service: str | None) -> int:
 @common
 def render_cmd(ctx: Ctx, output: str | None, check: bool) -> int:
     """Write docker-compose.test.yml for plain `docker compose up -d --wait` (fixed ports)."""
-    from .render import render, static_plan
+    from .backends.docker.render import render, static_plan
 
     config = ctx.config()
     path = Path(output) if output else config.root / "compose" / "docker-compose.test.yml"
@@ -400,7 +417,7 @@ def prune(ctx: Ctx, dry_run: bool) -> int:
         if not dry_run:
             recorded.teardown_session(config, stale)
     if docker_reachable(config.environ):
-        from .backends.compose import prune as prune_docker
+        from .backends.docker.backend import prune as prune_docker
 
         removed += [label for label in prune_docker(config, dry_run=dry_run) if label not in removed]
     if ctx.opts["as_json"]:
@@ -463,8 +480,10 @@ def cache() -> None:
 def cache_clear(ctx: Ctx) -> int:
     """Remove every cached cluster and snapshot."""
     from . import cache as cache_mod
+    from .backends.native.backend import clear_copies
 
-    freed = cache_mod.clear(ctx.config())
+    config = ctx.config()
+    freed = cache_mod.clear(config) + clear_copies(config)
     click.echo(f"envkit: cache cleared ({freed / 1e6:.1f} MB)", err=True)
     return 0
 
@@ -474,7 +493,7 @@ def cache_clear(ctx: Ctx) -> int:
 def cache_list(ctx: Ctx) -> int:
     """List cache entries."""
     from . import cache as cache_mod
-    from . import spares
+    from .backends.native import spares
 
     config = ctx.config()
     for kind, key, size, _used in cache_mod.entries(config):

@@ -22,8 +22,8 @@ import logging
 import threading
 from collections.abc import Callable
 
-from .backends.base import PostgresEndpoint
 from .errors import EnvkitError
+from .services import PostgresEndpoint
 
 log = logging.getLogger("envkit")
 

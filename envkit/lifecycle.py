@@ -26,15 +26,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, progress, signals, state
+from . import cache, diagnostics, exports, progress, services, signals, state
 from .backends import by_name
 from .backends import select as select_backend
 from .backends.base import Backend, Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, TeardownIncomplete
+from .errors import BackendUnavailable, EnvkitError, Interrupted, TeardownIncomplete
 from .handoff import run_child
 from .provision import database, redis_index
-from .provision.migrate import kind_of, migrate
+from .provision.migrate import kind_for, kind_of, migrate
 from .provision.seed import seed
 from .recorded import reap_stale
 from .state import Session, write_private
@@ -159,9 +159,10 @@ def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | N
         _preimport("jinja2")
     reap_stale(config)
     backend = backend if backend is not None else select_backend(config)
-    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
-        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
-                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
+    for spec in services.specs(config):  # before anything starts: a service this backend cannot run is an error
+        missing = services.unsupported(spec, backend.name, config.environ)
+        if missing:
+            raise BackendUnavailable(f"the {backend.name} backend cannot run service {spec.name!r}: {missing}")
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with TeardownStack() as stack, diagnostics.capture(config, session, backend, timings, report):
@@ -192,6 +193,7 @@ def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | N
         if pg:  # a snapshot holds the template too (its key says so)
             session.resources["template_database"] = database.template_name(pg.database)
         session.exports = env
+        session.services = services.record(running.services)
         session.info["timings"] = timings
         session.save()
         if config.dotenv:
@@ -281,8 +283,8 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
 def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str | None:
     if not config.cache or not config.postgres.enabled:
         return None
-    if kind_of(config) == "command":
-        return None  # an arbitrary command's effect cannot be fingerprinted
+    if not kind_for(config).cacheable:
+        return None  # e.g. an arbitrary command: its effect cannot be fingerprinted
     if backend == "external":
         return None  # somebody else's server: there is nothing to keep a snapshot in, or to start one from
     seeds = config.seed.file or config.seed.users or config.seed.sql or config.seed.hook
@@ -298,7 +300,7 @@ def _describe(running: Running, session: Session) -> str:
         parts.append(f"postgres {running.postgres.version} on {running.postgres.host}:{running.postgres.port}")
     if running.redis:
         parts.append(f"redis {running.redis.version} on {running.redis.host}:{running.redis.port}")
-    parts += list(running.extra)
+    parts += [f"{name} on {ep.host}:{ep.port}" if ep.port else name for name, ep in running.user.items()]
     return ", ".join(parts) + (" (snapshot)" if running.restored else "")
 
 

@@ -25,10 +25,9 @@ ABOVE_THE_PIPELINE = {
     "envkit.ci",  # the Environment it reports on, for types only
     "envkit.probe",  # a throwaway environment for `envkit init` and `envkit doctor`
 }
-#: Cycles that predate this test, in modules being rebuilt for issue 12 (backends, exports). Each entry goes when its
-#: cycle does; a new cycle is never added here.
+#: Cycles that predate this test, in modules being rebuilt for issue 12 (exports). Each entry goes when its cycle
+#: does; a new cycle is never added here.
 KNOWN_CYCLES = {
-    frozenset({"envkit.cache", "envkit.backends.native"}): "cache.clear asks backends.native where binaries are copied",
     frozenset({"envkit.exports", "envkit.provision.seed", "envkit.provision.hook"}):
         "exports reads the seed's users; a seed hook asks exports for the async driver",
 }

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from envkit.backends.base import PostgresEndpoint, RedisEndpoint
+    from envkit.services import PostgresEndpoint, RedisEndpoint
 
 __all__ = ["EnvkitDatabase", "EnvkitEnv", "SeededUsers"]
 

@@ -17,23 +17,27 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar
 
-from .. import cache, ports, spares
-from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, CommandFailed, ServiceExited
-from ..proc import RunAs, alive, marked, run, spawn, stop_groups, tail
-from ..spares import tmpfs_root
-from ..state import Session
-from ..wait import wait_for
-from .base import PostgresEndpoint, RedisEndpoint, Running
+from ... import cache, ports
+from ...config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ...errors import BackendUnavailable, CommandFailed, EnvkitError, ServiceExited
+from ...proc import RunAs, alive, marked, run, spawn, stop_groups, tail
+from ...services import PostgresEndpoint, RedisEndpoint, ServiceSpec, probes, specs, waves
+from ...services import redis as redis_service
+from ...services.user import binary, context, endpoint, render
+from ...state import Session
+from ...wait import wait_for
+from ..base import Running
+from . import spares
 from .binaries import Memo, PgBinaries, find_postgres, find_redis, reachable_postgres, reachable_redis
+from .spares import tmpfs_root
 
 log = logging.getLogger("envkit")
 
@@ -130,13 +134,20 @@ class NativeBackend:
             self._argv["postgres"] = self._postgres_argv(config, pg_bins, data, pg_port, run_dir)
             self._spawn(session, "postgres", self._argv["postgres"], run_as)
 
+        user_waves = waves(specs(config))
+        started: dict[str, tuple[dict[str, int], str]] = {}
+        taken = {pg_port, redis_port}
+        for spec in user_waves[0] if user_waves else []:  # what needs neither postgres nor redis starts beside them
+            if not set(spec.depends_on) & {"postgres", "redis"}:
+                started[spec.name] = self._start_user(config, session, spec, taken)
+
         if pg_bins:
             with _room(root):
                     pg_port = self._ready(session, "postgres", pg_port, pg_req[1], config, run_as,
                                       lambda port: self._wait_postgres(session, port, config.timeout),
                                       lambda port: self._postgres_argv(config, pg_bins, run_dir / "pgdata", port, run_dir))
             password = session.info.setdefault("password", config.postgres.password or _password())
-            running.postgres = PostgresEndpoint(
+            running.services["postgres"] = PostgresEndpoint(
                 host=ports.HOST, port=pg_port, user=config.postgres.user, password=password,
                 database=config.database, admin_url=admin_url(run_dir, pg_port), version=pg_bins.version,
             )
@@ -144,9 +155,70 @@ class NativeBackend:
             redis_port = self._ready(session, "redis", redis_port, redis_req[1], config, run_as,
                                      lambda port: self._wait_redis(session, port, config.timeout),
                                      lambda port: [*self._argv["redis"][:2], str(port), *self._argv["redis"][3:]])
-            running.redis = RedisEndpoint(ports.HOST, redis_port, config.redis.db, version=redis_bin.version)
+            running.services["redis"] = RedisEndpoint(ports.HOST, redis_port, config.redis.db, version=redis_bin.version)
+        for group in user_waves:  # each group once the groups before it (and postgres, redis) answer
+            for spec in group:
+                if spec.name not in started:
+                    started[spec.name] = self._start_user(config, session, spec, taken)
+            with ThreadPoolExecutor(max_workers=len(group)) as pool:
+                waits = [pool.submit(self._wait_user, config, session, spec, *started[spec.name]) for spec in group]
+                for done in waits:
+                    done.result()
+            for spec in group:
+                running.services[spec.name] = endpoint(spec, ports.HOST, started[spec.name][0], config.project,
+                                                       data_dir=started[spec.name][1])
         session.save()
         return running
+
+    # -- user services -------------------------------------------------------
+    def _start_user(self, config: Config, session: Session, spec: ServiceSpec,
+                    taken: set[int]) -> tuple[dict[str, int], str]:
+        """Spawn a user service on free ports, in a data directory of its own: its host ports and that directory."""
+        run_dir = Path(session.resources["run_dir"])
+        host_ports = {}
+        for name in spec.ports:
+            host_ports[name] = ports.free_port(avoid=taken)
+            taken.add(host_ports[name])
+        data_dir = run_dir / "services" / spec.name
+        data_dir.mkdir(parents=True, mode=0o700)
+        ctx = context(spec, ports.HOST, host_ports, config.project, data_dir=str(data_dir), run_dir=str(run_dir))
+        argv = [binary(spec, config.environ), *(render(a, ctx, f"{spec.where} command") for a in spec.command[1:])]
+        env = user_env(config, session, data_dir)
+        env.update({k: render(v, ctx, f"{spec.where} environment.{k}") for k, v in spec.environment.items()})
+        session.info[spec.name] = {"binary": argv[0]}
+        # as this user, not the servers' one: a service from the venv (a wheel's binary) must reach the venv
+        self._spawn(session, spec.name, argv, None, env=env, cwd=data_dir)
+        session.resources["processes"][spec.name]["ports"] = host_ports
+        session.save()
+        return host_ports, str(data_dir)
+
+    def _wait_user(self, config: Config, session: Session, spec: ServiceSpec, host_ports: dict[str, int],
+                   data_dir: str) -> None:
+        log_file = Path(session.resources["run_dir"]) / f"{spec.name}.log"
+        probe = spec.probe
+        ctx = context(spec, ports.HOST, host_ports, config.project, data_dir=data_dir)
+        kind = probe.kind if probe.kind != "health" else ("tcp" if host_ports else "running")
+        port = host_ports[spec.port_of(probe.port)] if kind in ("tcp", "http") else 0
+        argv = [render(a, ctx, f"{spec.where} probe") for a in probe.target] if kind == "command" else []
+        env = user_env(config, session, Path(data_dir))
+
+        def check() -> bool:
+            self._exited(session, spec.name)
+            if kind == "tcp":
+                return probes.tcp(ports.HOST, port)
+            if kind == "http":
+                return probes.http(ports.HOST, port, str(probe.target))
+            if kind == "command":
+                return probes.command(argv, env, data_dir)
+            if kind == "log":
+                return probes.log(log_file, str(probe.target))
+            return True
+
+        what = {"tcp": f"port {port} accepts connections", "http": f"GET {probe.target} on port {port} answers",
+                "command": f"{' '.join(argv)} exits 0", "log": f"its log matches {probe.target!r}",
+                "running": "its process runs"}[kind]
+        wait_for(check, service=spec.name, what=what, timeout=config.timeout, max_interval=0.05,
+                 logs=lambda: tail(log_file))
 
     def _ready(self, session: Session, service: str, port: int, strict: bool, config: Config, run_as: RunAs | None,
                wait: Callable[[int], None], argv_for: Callable[[int], list[str]]) -> int:
@@ -213,9 +285,11 @@ class NativeBackend:
         if run_as and data.stat().st_uid != run_as.uid:
             run_as.chown_tree(data)
 
-    def _spawn(self, session: Session, service: str, argv: list[str], run_as: RunAs | None) -> None:
+    def _spawn(self, session: Session, service: str, argv: list[str], run_as: RunAs | None,
+               env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         run_dir = Path(session.resources["run_dir"])
-        proc = spawn(argv, log_path=run_dir / f"{service}.log", env=_server_env(session), cwd=run_dir, run_as=run_as)
+        proc = spawn(argv, log_path=run_dir / f"{service}.log", env=env or _server_env(session), cwd=cwd or run_dir,
+                     run_as=run_as)
         self._procs[service] = proc
         self._spawned.append(proc)  # replaced ones too (a restart, a port retry): all are reaped at teardown
         self._argv[service] = argv
@@ -283,7 +357,7 @@ class NativeBackend:
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
         spare = session.resources.get("spare")
-        if spare:  # copied now, renamed into place by the next start (envkit.spares)
+        if spare:  # copied now, renamed into place by the next start (envkit.backends.native.spares)
             try:
                 run_as = RunAs.for_servers()
                 spares.make(Path(spare["cache"]), Path(spare["entry"]), lambda src, dst: self._copy_in(src, dst, run_as))
@@ -307,6 +381,8 @@ class NativeBackend:
             port = next((a.split("=", 1)[1] for a in argv if a.startswith("port=")), None)
             if "--port" in argv[:-1]:
                 port = argv[argv.index("--port") + 1]
+            if info.get("ports"):  # a user service: the ports envkit gave it
+                port = str(next(iter(info["ports"].values())))
             log_file = run_dir / f"{name}.log"
             try:
                 with open(log_file, "rb") as fh:
@@ -341,8 +417,19 @@ def _spares_apply(config: Config, run_dir: Path) -> bool:
     return config.cache_spare and run_dir.parent == tmpfs_root()
 
 
+def clear_copies(config: Config) -> int:
+    """Remove the spare copies of the cache's entries and the binaries copied for the servers' user: bytes freed."""
+    spares.clear(cache.root(config))
+    size = 0
+    with contextlib.suppress(EnvkitError):
+        copies = binary_copies(config)
+        size += cache.size_of(copies) if copies.is_dir() else 0
+        shutil.rmtree(copies, ignore_errors=True)
+    return size
+
+
 def binary_copies(config: Config) -> Path:
-    """Where binaries the servers' user could not reach are copied (envkit.backends.binaries)."""
+    """Where binaries the servers' user could not reach are copied (envkit.backends.native.binaries)."""
     return run_root(config, None) / f".envkit-binaries-{os.geteuid()}"
 
 
@@ -364,15 +451,7 @@ def _room(root: Path) -> Iterator[None]:
         ) from None
 
 
-def ping_redis(host: str, port: int, password: str | None = None) -> bool:
-    """PING over a raw socket; only the literal PONG counts (a loading Redis answers an error)."""
-    with socket.create_connection((host, port), timeout=1) as sock:
-        if password:
-            sock.sendall(f"*2\r\n$4\r\nAUTH\r\n${len(password)}\r\n{password}\r\n".encode())
-            if not sock.recv(64).startswith(b"+OK"):
-                return False
-        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-        return sock.recv(64).startswith(b"+PONG")
+ping_redis = redis_service.ping  # the name other modules knew it by
 
 
 def is_server(pid: int, label: str, run_dir: str | None) -> bool:
@@ -396,6 +475,13 @@ def _ours(pid: int, label: str, run_dir: str | None) -> bool:
 def admin_url(run_dir: Path, port: int) -> str:
     """The superuser over the server's socket in its run directory (trust: only this machine's users reach it)."""
     return f"host={run_dir} port={port} user={SUPERUSER} dbname=postgres"
+
+
+def user_env(config: Config, session: Session, data_dir: Path) -> dict[str, str]:
+    """A user service's environment: this Python's bin first on PATH, a home of its own, envkit's marker."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), config.environ.get("PATH", os.defpath)])
+    return {"PATH": path, "HOME": str(data_dir), "TMPDIR": str(data_dir), "TZ": "UTC", "LANG": "C.UTF-8",
+            "ENVKIT_SESSION": session.label}
 
 
 def _server_env(session: Session) -> dict[str, str]:
