@@ -323,8 +323,9 @@ def status(ctx: Ctx) -> int:
         return 1
     stale = recorded.outdated(config, session)
     found = health.check(session)
-    info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
-            "detached": session.detached, "services": _services(session),
+    services = _services(session)
+    info: dict[str, Any] = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
+            "detached": session.detached, "services": services,
             "database_url": redact.url(session.exports.get("DATABASE_URL", "")),
             "redis_url": redact.url(session.exports.get("REDIS_URL", "")) or None,
             "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
@@ -335,7 +336,7 @@ def status(ctx: Ctx) -> int:
         for key in ("database_url", "redis_url"):
             if info[key]:
                 click.echo(f"  {key}: {info[key]}")
-        for name, service in info["services"].items():
+        for name, service in services.items():
             if service.get("kind") == "service":
                 click.echo(f"  {name}: {service['host']} " + ", ".join(f"{k} {v}" for k, v in service["ports"].items()))
         for gone in found.gone:
