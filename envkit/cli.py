@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import click  # noqa: E402
 
-from . import __version__, distribution, lifecycle, redact, signals  # noqa: E402
+from . import __version__, distribution, handoff, lifecycle, recorded, redact, signals  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted  # noqa: E402
 from .output import StageReporter, configure_logging  # noqa: E402
@@ -205,15 +205,15 @@ def main(**opts: Any) -> None:
 def up(ctx: Ctx, replace: bool) -> int:
     """Bring the environment up and leave it running (envkit down ends it)."""
     config = ctx.config()
-    existing = lifecycle.current(config)
+    existing = recorded.current(config)
     if existing is not None and replace:
-        lifecycle.teardown_session(config, existing)
+        recorded.teardown_session(config, existing)
         if config.backend == "auto" and existing.backend:  # a replacement, not a new choice: keep its backend
             config = dataclasses.replace(config, backend=existing.backend)
         if not ctx.opts["quiet"]:
             click.echo(f"envkit: {existing.label} torn down, to be replaced", err=True)
     elif existing is not None:
-        lifecycle.check_fresh(config, existing)
+        recorded.check_fresh(config, existing)
         raise EnvkitError(
             f"an environment is already up for this checkout ({existing.label}, {existing.backend} backend); "
             "use it (eval \"$(envkit env)\"), or replace it with envkit up --replace"
@@ -234,7 +234,7 @@ def down(ctx: Ctx) -> int:
     config = ctx.config()
     if config.diagnostics == "always":
         _diagnose_current(ctx, config)
-    session = lifecycle.down(config)
+    session = recorded.down(config)
     if ctx.opts["as_json"]:
         click.echo(json.dumps({"ok": True, "torn_down": session.label if session else None}))
     elif not ctx.opts["quiet"]:
@@ -264,11 +264,11 @@ def run(ctx: Ctx, keep: bool, keep_on_failure: bool, command: tuple[str, ...]) -
 
 def _hand_off(ctx: Ctx, argv: list[str], keep: bool, keep_on_failure: bool) -> int:
     config = ctx.config()
-    existing = lifecycle.current(config)
+    existing = recorded.current(config)
     if existing is not None:
-        lifecycle.check_fresh(config, existing)  # not against a schema the checkout's migrations no longer describe
+        recorded.check_fresh(config, existing)  # not against a schema the checkout's migrations no longer describe
         click.echo(f"envkit: using the environment that is already up ({existing.label}); it stays up", err=True)
-        return lifecycle.run_child(argv, {**config.environ, **existing.exports})
+        return handoff.run_child(argv, {**config.environ, **existing.exports})
 
     def kept(env: lifecycle.Environment) -> None:
         click.echo("envkit: the environment is still up:", err=True)
@@ -293,7 +293,7 @@ def env_cmd(ctx: Ctx, fmt: str, to_github: bool) -> int:
     from .exports import format_env
 
     config = ctx.config()
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         raise EnvkitError("no environment is up for this checkout; run envkit up first")
     if to_github:
@@ -317,11 +317,11 @@ def status(ctx: Ctx) -> int:
     from . import health
 
     config = ctx.config()
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         click.echo(json.dumps({"up": False}) if ctx.opts["as_json"] else "envkit: nothing is up")
         return 1
-    stale = lifecycle.outdated(config, session)
+    stale = recorded.outdated(config, session)
     found = health.check(session)
     services = _services(session)
     info: dict[str, Any] = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
@@ -367,7 +367,7 @@ def logs(ctx: Ctx, service: str | None) -> int:
     from .backends import by_name
 
     config = ctx.config()
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         raise EnvkitError("no environment is up for this checkout; nothing to show")
     for name, text in by_name(session.backend).logs(session, service).items():
@@ -416,7 +416,7 @@ def prune(ctx: Ctx, dry_run: bool) -> int:
     if stale is not None and (stale.orphaned or stale.info.get("teardown_failed")):  # the latter: `down` failed
         removed.append(stale.label)
         if not dry_run:
-            lifecycle.teardown_session(config, stale)
+            recorded.teardown_session(config, stale)
     if docker_reachable(config.environ):
         from .backends.docker.backend import prune as prune_docker
 
@@ -511,7 +511,7 @@ def _diagnose_current(ctx: Ctx, config: config_mod.Config) -> None:
     from . import ci, diagnostics
     from .backends import by_name
 
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         return
     path = diagnostics.write(config, session, by_name(session.backend), timings=session.info.get("timings", {}))

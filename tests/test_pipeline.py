@@ -11,7 +11,7 @@ import pytest
 from fake_backend import FakeBackend, registered
 
 import envkit
-from envkit import lifecycle, progress, state
+from envkit import lifecycle, progress, recorded, state
 from envkit.errors import Interrupted, MigrationFailed
 from envkit.output import StageReporter
 
@@ -101,7 +101,7 @@ def test_stale_state_of_a_dead_owner_is_reaped(tmp_path: Path, events: list[str]
     session = state.begin(config, "fake")
     session.owner_pid = 2**22 + 12345  # no such process
     session.save()
-    assert lifecycle.current(config) is None
+    assert recorded.current(config) is None
     assert events == ["teardown"]
 
 
@@ -113,7 +113,7 @@ def test_detached_environment_is_not_reaped(tmp_path: Path, events: list[str]) -
     assert session is not None
     session.owner_pid = 2**22 + 12345
     session.save()
-    assert lifecycle.current(config) is not None
+    assert recorded.current(config) is not None
     assert envkit.down(config) is not None
     assert envkit.down(config) is None
     assert events.count("teardown") == 1

@@ -138,9 +138,11 @@ def test_every_backend_has_the_protocols_members_at_runtime(name: str) -> None:
     assert set(wanted) == {"name", "start", "save_snapshot", "teardown", "logs"}
     for member, signature in wanted.items():
         assert hasattr(cls, member), f"{cls.__name__} has no {member}"
-        if signature is not None:  # the lifecycle passes arguments by position: their number and kinds must match
-            found = inspect.signature(getattr(cls, member)).parameters.values()
-            assert [p.kind for p in found] == [p.kind for p in signature.parameters.values()], f"{cls.__name__}.{member}"
+        if signature is not None:  # the lifecycle passes arguments by position: their number and kinds must match,
+            # and their names, so that a reader of one backend reads the protocol's words (and keywords would work)
+            found = [(p.name, p.kind.name) for p in inspect.signature(getattr(cls, member)).parameters.values()]
+            protocol = [(p.name, p.kind.name) for p in signature.parameters.values()]
+            assert found == protocol, f"{cls.__name__}.{member} takes {found}; the protocol: {protocol}"
     assert cls.name == name
     if name != "fake":
         assert type(by_name(name)) is cls

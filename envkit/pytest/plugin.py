@@ -86,7 +86,7 @@ class Plugin:
             self.envkit_config = self._load_config()
             self.session = self._locate()
             if self.session is not None:  # the settings it was made with (`envkit -c FILE up`), not just the ones here
-                from ..lifecycle import made_with
+                from ..recorded import made_with
 
                 self.envkit_config = made_with(self.envkit_config, self.session)
             if self.session is None and wanted:
@@ -124,7 +124,7 @@ class Plugin:
                     environ=os.environ)
 
     def _locate(self) -> Session | None:
-        from .. import lifecycle, state
+        from .. import recorded, state
 
         file = os.environ.get("ENVKIT_STATE_FILE")
         if file:
@@ -136,9 +136,9 @@ class Plugin:
             return session
         assert self.envkit_config is not None
         self.found = "left up by envkit up"
-        session = lifecycle.current(self.envkit_config)
+        session = recorded.current(self.envkit_config)
         if session is not None:  # changed migrations or seeds since `envkit up`: its database is not what they say
-            lifecycle.check_fresh(self.envkit_config, session)
+            recorded.check_fresh(self.envkit_config, session)
         return session
 
     def _bring_up(self) -> Environment:

@@ -175,7 +175,7 @@ def _spec(name: str, table: Any, source: str) -> ServiceSpec:
         raise ConfigError(f"{source}: unknown key {key}.{unknown[0]}{hint}")
     if "recipe" in table:
         base = recipe(table["recipe"], where)
-        merged = {**base, **{k: v for k, v in table.items() if k != "recipe"}}
+        merged = {**base, **table}  # keeps `recipe`: doctor and status name it
         for sub in ("exports", "environment", "vars"):
             if isinstance(base.get(sub), dict) and isinstance(table.get(sub), dict):
                 merged[sub] = {**base[sub], **table[sub]}

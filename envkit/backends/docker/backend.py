@@ -50,7 +50,7 @@ class ComposeBackend:
     name: ClassVar[str] = "docker"
 
     # -- start -------------------------------------------------------------
-    def start(self, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+    def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
         where = engine.locate(config.environ, config.host)
         pool = ThreadPoolExecutor(1)
         connecting = pool.submit(engine.client, where, config.environ)  # the SDK is imported while compose starts things
@@ -70,16 +70,16 @@ class ComposeBackend:
 
             password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
             docs = engine.Inspector(where, connecting)
-            snapshot = self._find_snapshot(config, session, docs, key)
+            cached = self._find_snapshot(config, session, docs, snapshot)
             plan, movable = self._plan(config, session, where, docs, password)
-            if snapshot:
+            if cached:
                 plan = dataclasses.replace(plan, entrypoints={"postgres": snapshots.waiting_entrypoint(
-                    snapshot.entrypoint, config.timeout)})
+                    cached.entrypoint, config.timeout)})
             text = render(config, plan)
-            if snapshot and not (snapshot.builtin_template or _waits(text)):
+            if cached and not (cached.builtin_template or _waits(text)):
                 log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
                             "own services/postgres.yml.j2); starting without the cached snapshot")
-                snapshot, plan = None, dataclasses.replace(plan, entrypoints={})
+                cached, plan = None, dataclasses.replace(plan, entrypoints={})
                 text = render(config, plan)
             write_private(compose_file, text)
             for service in _services(config, user):
@@ -93,10 +93,10 @@ class ComposeBackend:
         session.resources["containers"] = found
         session.save()
         restored = None  # the restored snapshot's superuser password
-        if snapshot:  # the container waits for its data: the critical path
+        if cached:  # the container waits for its data: the critical path
             progress.note("postgres", "restoring the migrated and seeded snapshot")
-            restored = snapshots.restore(snapshot.docker, engine.compose_env(config.environ), found["postgres"],
-                                         snapshot.entry, snapshot.pgdata, session.users_file)
+            restored = snapshots.restore(cached.docker, engine.compose_env(config.environ), found["postgres"],
+                                         cached.entry, cached.pgdata, session.users_file)
         try:  # while the containers start: environments of envkit processes that were killed, on this engine and host
             reaper.prune(client)
         except Exception as exc:  # noqa: BLE001 - reaping others must never stop this run
