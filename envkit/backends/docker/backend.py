@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import secrets
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -28,6 +27,7 @@ from ...config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
 from ...errors import BackendUnavailable, PortInUse, ServiceFailed, TeardownIncomplete
 from ...proc import run
 from ...services import PostgresEndpoint, RedisEndpoint, ServiceSpec, specs
+from ...services import postgres as postgres_service
 from ...services import redis as redis_service
 from ...services.user import endpoint
 from ...state import Session, write_private
@@ -68,7 +68,8 @@ class ComposeBackend:
             session.save()
             stack.callback(self.teardown, session)
 
-            password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
+            session.password = session.password or postgres_service.password(config.postgres.password)
+            password = session.password
             docs = engine.Inspector(where, connecting)
             cached = self._find_snapshot(config, session, docs, snapshot)
             plan, movable = self._plan(config, session, where, docs, password)
