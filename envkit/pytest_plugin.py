@@ -294,6 +294,7 @@ class _Plugin:
         except Exception as exc:  # noqa: BLE001
             # an environment is there, this process's database is not: stop before conftests point anywhere else
             self._stop(f"envkit: cannot set up this process's database and Redis: {_describe(exc)}")
+        self.workspace.prepare = _clone_engine
         self._set_environ(self.workspace.exports)
 
     def _stop(self, message: str) -> NoReturn:
@@ -588,6 +589,11 @@ def envkit_engine(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iter
         engine.dispose()
 
 
+def _clone_engine(pg: PostgresEndpoint) -> Engine:
+    """A clone test's engine, made with its clone in the pool's threads: its first connection already open."""
+    return isolation.opened_engine(pg.url())
+
+
 def _connection_lost() -> type[Exception]:
     import psycopg
 
@@ -626,16 +632,17 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
         from sqlalchemy.pool import NullPool
 
         try:
-            pg = space.clone()
+            clone = space.clone()  # made ahead by the pool, its engine's first connection open (Workspace.prepare)
         except EnvkitError as exc:
             pytest.fail(f"envkit: {exc}", pytrace=False)
-        engine = create_engine(pg.url(), poolclass=NullPool)
+        pg = clone.postgres
+        if clone.engine is None:
+            clone.engine = create_engine(pg.url(), poolclass=NullPool)
         try:
             with _environ({"DATABASE_URL": pg.url(), "PGDATABASE": pg.database}):
-                yield EnvkitDatabase(mode, pg, engine, envkit_env.async_driver)
+                yield EnvkitDatabase(mode, pg, clone.engine, envkit_env.async_driver)
         finally:
-            engine.dispose()
-            space.release(pg)
+            space.release(clone)  # the engine disposed and the database dropped, in the background
 
 
 @pytest.fixture
