@@ -145,3 +145,28 @@ def test_the_recipe_runs_the_image_on_docker(project: Project) -> None:
         port = int(ex["MYSQL_TCP_PORT"])
     assert not any(reaper.resources(client, reaper.SESSION, label).values())
     assert _free(port)
+
+
+@pytest.mark.docker
+def test_the_image_refuses_an_empty_data_directory_without_a_root_password() -> None:
+    """The image's contract, which the recipe relies on (a stand-in must keep it too): no root password option,
+    no server."""
+    from envkit.backends import docker_reachable
+
+    need(docker_reachable(os.environ), "no Docker engine answers: run ../shared/docker/provision.sh as root")
+    import docker
+    import standin
+
+    try:
+        image = standin.ensure("mariadb")
+    except RuntimeError as exc:
+        need(False, str(exc))
+    client = docker.from_env()
+    container = client.containers.run(image, detach=True, environment={"MARIADB_DATABASE": "x"},
+                                      labels={"envkit.test": "mariadb-contract"})
+    try:
+        assert container.wait(timeout=60)["StatusCode"] != 0
+        assert "MARIADB_ROOT_PASSWORD" in container.logs().decode()
+    finally:
+        container.remove(force=True, v=True)
+    assert not client.containers.list(all=True, filters={"label": "envkit.test=mariadb-contract"})
