@@ -167,6 +167,6 @@ def docker_available() -> tuple[bool, str]:
 
 
 def envkit_docker_available() -> tuple[bool, str]:
-    if not (REPO / "envkit" / "backends" / "compose.py").is_file():
-        return False, "envkit's Docker backend (envkit/backends/compose.py) does not exist yet"
+    if not (REPO / "envkit" / "backends" / "docker" / "backend.py").is_file():
+        return False, "envkit's Docker backend (envkit/backends/docker/backend.py) is not in this checkout"
     return True, ""

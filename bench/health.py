@@ -10,7 +10,7 @@ interleaved rounds, times:
 - its parts: the per-backend look (pids, containers) and the database query;
 - the floor: one plain ``psycopg.connect`` + ``SELECT 1`` to the same server
   as the same role, which no check that asks the server can undercut;
-- ``lifecycle.check_fresh``: all the plugin's ``_locate`` pays before tests run.
+- ``recorded.check_fresh``: all the plugin's ``_locate`` pays before tests run.
 
 Prints medians (ms) and the load average before and after; tears down.
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import psycopg  # imported before timing: the plugin has it imported when it checks
 
 import envkit
-from envkit import health, lifecycle
+from envkit import health, recorded
 from envkit.workspace import endpoints
 
 
@@ -69,7 +69,7 @@ def bench(backend: str, runs: int) -> None:
                 "  backend look": lambda: health._BACKENDS[backend](session),
                 "  database query": lambda: health._database(session),
                 "floor: connect + SELECT 1": floor,
-                "lifecycle.check_fresh": lambda: lifecycle.check_fresh(config, session),
+                "recorded.check_fresh": lambda: recorded.check_fresh(config, session),
             }
             rounds: dict[str, list[float]] = {name: [] for name in parts}
             for _ in range(5):  # interleaved: load changes hit every row alike

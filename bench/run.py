@@ -30,7 +30,7 @@ import report
 from contenders import Bench, docker_available, envkit_docker_available
 from harness import BENCH, PROJECT_PYTHON, RUNNERS, loadavg, machine, tool_versions, unprivileged
 
-from envkit.backends.binaries import find_postgres, find_redis
+from envkit.backends.native.binaries import find_postgres, find_redis
 
 FIGURES = ("ready", "isolation", "wholerun", "growth")
 

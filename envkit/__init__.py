@@ -34,11 +34,12 @@ if TYPE_CHECKING:
         StateError,
         UnsafeTarget,
     )
-    from .lifecycle import Environment, down, environment, run, up
+    from .lifecycle import Environment, environment, run, up
+    from .recorded import down
 
 # Imported on first use, so that `envkit` (the CLI) installs its signal handlers before anything slow loads.
 _LAZY = {"Config": ("config", "Config"), "load_config": ("config", "load"), "Environment": ("lifecycle", "Environment"),
-         "down": ("lifecycle", "down"), "environment": ("lifecycle", "environment"), "run": ("lifecycle", "run"),
+         "down": ("recorded", "down"), "environment": ("lifecycle", "environment"), "run": ("lifecycle", "run"),
          "up": ("lifecycle", "up"),
          "BackendUnavailable": ("errors", "BackendUnavailable"),
          "BinaryNotFound": ("errors", "BinaryNotFound"),

@@ -7,9 +7,7 @@ least-recently-used first when the cache grows past ``cache_max_mb``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
 import logging
 import os
 import secrets
@@ -19,8 +17,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import Config
-from .errors import EnvkitError
 from .proc import run
+from .provision.migrate import kind_for as migration_kind
+from .provision.sources import module_files
 
 log = logging.getLogger("envkit")
 
@@ -79,19 +78,17 @@ def store(config: Config, kind: str, key: str, src: Path | None = None, extra: I
 
 
 def clear(config: Config) -> int:
-    """Remove every cache entry, their spare copies on tmpfs, and the binaries copied for the servers' user."""
-    from . import spares
-    from .backends.native import binary_copies
-
+    """Remove every cache entry; returns the bytes freed. (``envkit cache clear`` also removes the native
+    backend's copies of them: :func:`envkit.backends.native.backend.clear_copies`.)"""
     path = root(config)
     size = _size(path)
     shutil.rmtree(path, ignore_errors=True)
-    spares.clear(path)
-    with contextlib.suppress(EnvkitError):
-        copies = binary_copies(config)
-        size += _size(copies) if copies.is_dir() else 0
-        shutil.rmtree(copies, ignore_errors=True)
     return size
+
+
+def size_of(path: Path) -> int:
+    """The bytes of the files under ``path``."""
+    return _size(path)
 
 
 def entries(config: Config) -> list[tuple[str, str, int, float]]:
@@ -185,55 +182,12 @@ def fingerprint(config: Config, *parts: str, content: dict[str, str] | None = No
 
 
 def _content_files(config: Config) -> set[Path]:
-    m, s = config.migrations, config.seed
-    files: set[Path] = set()
-    kind = m.kind
-    if kind in ("auto", "alembic"):
-        ini = config.path(m.alembic_ini)
-        if ini.is_file():
-            files.add(ini)
-            files.update(_tree(_alembic_scripts(ini)))
-    elif kind == "sql":
-        files.update(_tree(config.path(m.directory)))
-    elif kind == "metadata" and m.target:
-        files.update(_module_files(m.target.split(":")[0], config.root))
-    elif kind == "command":
-        files.update(_tree(config.path(m.directory)))
+    """The files that decide the migrated and seeded database: the migration kind's (its record says which), the seeds'."""
+    s = config.seed
+    files = set(migration_kind(config).files(config))
     if s.file:
         files.add(config.path(s.file))
     files.update(config.path(p) for p in s.sql)
     if s.hook:
-        files.update(_module_files(s.hook.split(":")[0], config.root))
+        files.update(module_files(s.hook.split(":")[0], config.root))
     return files
-
-
-def _alembic_scripts(ini: Path) -> Path:
-    import configparser
-
-    parser = configparser.ConfigParser(defaults={"here": str(ini.parent)})
-    parser.read(ini)
-    location = parser.get("alembic", "script_location", fallback="migrations")
-    return (ini.parent / location).resolve()
-
-
-def _tree(path: Path) -> list[Path]:
-    if not path.is_dir():
-        return []
-    return [p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-
-
-def _module_files(module: str, root: Path) -> list[Path]:
-    """The source of a module (and its package), found without importing it."""
-    candidate = root / Path(*module.split("."))
-    for path in (candidate.with_suffix(".py"), candidate):
-        if path.is_file():
-            return [path]
-        if path.is_dir():
-            return _tree(path)
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return []
-    if spec and spec.submodule_search_locations:
-        return [p for loc in spec.submodule_search_locations for p in _tree(Path(loc))]
-    return [Path(spec.origin)] if spec and spec.origin else []

@@ -19,14 +19,17 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import click  # noqa: E402
 
-from . import __version__, distribution, lifecycle, redact, signals  # noqa: E402
+from . import __version__, distribution, handoff, lifecycle, recorded, redact, signals  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .errors import EXIT_ENVKIT_ERROR, EnvkitError, Interrupted  # noqa: E402
 from .output import StageReporter, configure_logging  # noqa: E402
+
+if TYPE_CHECKING:
+    from .state import Session
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -202,15 +205,15 @@ def main(**opts: Any) -> None:
 def up(ctx: Ctx, replace: bool) -> int:
     """Bring the environment up and leave it running (envkit down ends it)."""
     config = ctx.config()
-    existing = lifecycle.current(config)
+    existing = recorded.current(config)
     if existing is not None and replace:
-        lifecycle.teardown_session(config, existing)
+        recorded.teardown_session(config, existing)
         if config.backend == "auto" and existing.backend:  # a replacement, not a new choice: keep its backend
             config = dataclasses.replace(config, backend=existing.backend)
         if not ctx.opts["quiet"]:
             click.echo(f"envkit: {existing.label} torn down, to be replaced", err=True)
     elif existing is not None:
-        lifecycle.check_fresh(config, existing)
+        recorded.check_fresh(config, existing)
         raise EnvkitError(
             f"an environment is already up for this checkout ({existing.label}, {existing.backend} backend); "
             "use it (eval \"$(envkit env)\"), or replace it with envkit up --replace"
@@ -231,7 +234,7 @@ def down(ctx: Ctx) -> int:
     config = ctx.config()
     if config.diagnostics == "always":
         _diagnose_current(ctx, config)
-    session = lifecycle.down(config)
+    session = recorded.down(config)
     if ctx.opts["as_json"]:
         click.echo(json.dumps({"ok": True, "torn_down": session.label if session else None}))
     elif not ctx.opts["quiet"]:
@@ -261,11 +264,11 @@ def run(ctx: Ctx, keep: bool, keep_on_failure: bool, command: tuple[str, ...]) -
 
 def _hand_off(ctx: Ctx, argv: list[str], keep: bool, keep_on_failure: bool) -> int:
     config = ctx.config()
-    existing = lifecycle.current(config)
+    existing = recorded.current(config)
     if existing is not None:
-        lifecycle.check_fresh(config, existing)  # not against a schema the checkout's migrations no longer describe
+        recorded.check_fresh(config, existing)  # not against a schema the checkout's migrations no longer describe
         click.echo(f"envkit: using the environment that is already up ({existing.label}); it stays up", err=True)
-        return lifecycle.run_child(argv, {**config.environ, **existing.exports})
+        return handoff.run_child(argv, {**config.environ, **existing.exports})
 
     def kept(env: lifecycle.Environment) -> None:
         click.echo("envkit: the environment is still up:", err=True)
@@ -290,7 +293,7 @@ def env_cmd(ctx: Ctx, fmt: str, to_github: bool) -> int:
     from .exports import format_env
 
     config = ctx.config()
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         raise EnvkitError("no environment is up for this checkout; run envkit up first")
     if to_github:
@@ -314,14 +317,15 @@ def status(ctx: Ctx) -> int:
     from . import health
 
     config = ctx.config()
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         click.echo(json.dumps({"up": False}) if ctx.opts["as_json"] else "envkit: nothing is up")
         return 1
-    stale = lifecycle.outdated(config, session)
+    stale = recorded.outdated(config, session)
     found = health.check(session)
-    info = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
-            "detached": session.detached, "services": {k: v for k, v in session.info.items() if k in ("postgres", "redis")},
+    services = _services(session)
+    info: dict[str, Any] = {"up": True, "name": session.label, "backend": session.backend, "owner_pid": session.owner_pid,
+            "detached": session.detached, "services": services,
             "database_url": redact.url(session.exports.get("DATABASE_URL", "")),
             "redis_url": redact.url(session.exports.get("REDIS_URL", "")) or None,
             "stale": stale, "healthy": found.ok, "gone": [{"what": g.what, "detail": g.detail} for g in found.gone]}
@@ -332,6 +336,9 @@ def status(ctx: Ctx) -> int:
         for key in ("database_url", "redis_url"):
             if info[key]:
                 click.echo(f"  {key}: {info[key]}")
+        for name, service in services.items():
+            if service.get("kind") == "service":
+                click.echo(f"  {name}: {service['host']} " + ", ".join(f"{k} {v}" for k, v in service["ports"].items()))
         for gone in found.gone:
             click.echo(f"  gone: {gone.detail}")
         if not found.ok:
@@ -339,6 +346,17 @@ def status(ctx: Ctx) -> int:
         if stale:
             click.echo(f"  stale: migrated and seeded before {', '.join(stale)} changed; envkit up --replace")
     return 0 if found.ok else 1
+
+
+def _services(session: Session) -> dict[str, dict[str, Any]]:
+    """Each service: where it answers (its typed record, without secrets) and what the backend noted of it."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, record in session.services.items():
+        out[name] = {k: v for k, v in record.items() if k not in ("password", "exports")}
+    for name, facts in session.info.items():
+        if name in out and isinstance(facts, dict):
+            out[name].update(facts)
+    return out
 
 
 @main.command()
@@ -349,7 +367,7 @@ def logs(ctx: Ctx, service: str | None) -> int:
     from .backends import by_name
 
     config = ctx.config()
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         raise EnvkitError("no environment is up for this checkout; nothing to show")
     for name, text in by_name(session.backend).logs(session, service).items():
@@ -364,7 +382,7 @@ def logs(ctx: Ctx, service: str | None) -> int:
 @common
 def render_cmd(ctx: Ctx, output: str | None, check: bool) -> int:
     """Write docker-compose.test.yml for plain `docker compose up -d --wait` (fixed ports)."""
-    from .render import render, static_plan
+    from .backends.docker.render import render, static_plan
 
     config = ctx.config()
     path = Path(output) if output else config.root / "compose" / "docker-compose.test.yml"
@@ -398,9 +416,9 @@ def prune(ctx: Ctx, dry_run: bool) -> int:
     if stale is not None and (stale.orphaned or stale.info.get("teardown_failed")):  # the latter: `down` failed
         removed.append(stale.label)
         if not dry_run:
-            lifecycle.teardown_session(config, stale)
+            recorded.teardown_session(config, stale)
     if docker_reachable(config.environ):
-        from .backends.compose import prune as prune_docker
+        from .backends.docker.backend import prune as prune_docker
 
         removed += [label for label in prune_docker(config, dry_run=dry_run) if label not in removed]
     if ctx.opts["as_json"]:
@@ -463,8 +481,10 @@ def cache() -> None:
 def cache_clear(ctx: Ctx) -> int:
     """Remove every cached cluster and snapshot."""
     from . import cache as cache_mod
+    from .backends.native.backend import clear_copies
 
-    freed = cache_mod.clear(ctx.config())
+    config = ctx.config()
+    freed = cache_mod.clear(config) + clear_copies(config)
     click.echo(f"envkit: cache cleared ({freed / 1e6:.1f} MB)", err=True)
     return 0
 
@@ -474,7 +494,7 @@ def cache_clear(ctx: Ctx) -> int:
 def cache_list(ctx: Ctx) -> int:
     """List cache entries."""
     from . import cache as cache_mod
-    from . import spares
+    from .backends.native import spares
 
     config = ctx.config()
     for kind, key, size, _used in cache_mod.entries(config):
@@ -491,7 +511,7 @@ def _diagnose_current(ctx: Ctx, config: config_mod.Config) -> None:
     from . import ci, diagnostics
     from .backends import by_name
 
-    session = lifecycle.current(config)
+    session = recorded.current(config)
     if session is None:
         return
     path = diagnostics.write(config, session, by_name(session.backend), timings=session.info.get("timings", {}))

@@ -27,11 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .registry import AUTO, BACKENDS
+from .registry import MIGRATION_KINDS as KINDS
 
 log = logging.getLogger("envkit")
 
-BACKEND_NAMES = ("auto", "native", "docker", "external")
-MIGRATION_KINDS = ("auto", "none", "alembic", "sql", "metadata", "command")
+#: The choices of ``backend`` and ``migrations.kind``: the registries' names, and auto.
+BACKEND_NAMES = (AUTO, *BACKENDS)
+MIGRATION_KINDS = (AUTO, *KINDS)
 DIAGNOSTICS_MODES = ("on-failure", "always", "never")
 ASYNC_DRIVERS = ("auto", "asyncpg", "psycopg")
 DEFAULT_PG_PORT = 5433
@@ -114,7 +117,7 @@ class Config:
     cache: bool = True
     cache_dir: str | None = None
     cache_max_mb: int = 1024
-    cache_spare: bool = True  # native: keep a copy of the cached cluster on tmpfs for the next start (envkit.spares)
+    cache_spare: bool = True  # native: keep a copy of the cached cluster on tmpfs for the next start (envkit.backends.native.spares)
     run_dir: str | None = None  # native: the folder run directories are made in; default /dev/shm, else the temp dir
     keep: bool = False
     keep_on_failure: bool = False

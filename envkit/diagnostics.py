@@ -158,7 +158,7 @@ def services(session: Session, running: Running | None = None,
                 found.setdefault(name, {"name": name})
                 found[name].update(version=endpoint.version or found[name].get("version", ""), host=endpoint.host,
                                    port=endpoint.port, status="up")
-        for name in running.extra:
+        for name in running.user:
             found.setdefault(name, {"name": name, "version": "", "host": None, "port": None, "status": "up"})
     for name, info in (per_service or {}).items():
         state = info.get("state") or {}

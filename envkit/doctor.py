@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from . import ports
@@ -100,7 +99,7 @@ def _docker(config: Config, backend: str) -> list[Check]:
 
 
 def _compose(config: Config, backend: str) -> list[Check]:
-    from .backends.engine import compose_cli, compose_env
+    from .backends.docker.engine import compose_cli, compose_env
     from .proc import run
 
     needed = backend == "docker"
@@ -145,21 +144,26 @@ def _images(config: Config, backend: str) -> list[Check]:
 def _user_services(config: Config, backend: str) -> list[Check]:
     if not config.services:
         return []
-    names = ", ".join(sorted(config.services))
-    if backend != "docker":
-        return [Check("services", False, f"[services] defines {names}, but the {backend} backend runs only postgres "
-                      "and redis: they would not start", "use --backend docker, or remove [services]", True)]
-    from .services import specs
+    from .services import specs, unsupported
 
     try:
-        specs(config)
+        found = specs(config)
     except EnvkitError as exc:
         return [Check("services", False, str(exc), "fix the [services] table named above", True)]
-    return [Check("services", True, f"{names} (docker)")]
+    checks = []
+    for spec in found:
+        missing = unsupported(spec, backend, config.environ)
+        how = {"native": " ".join(spec.command[:1]), "docker": spec.image or spec.template or "",
+               "external": spec.url or ""}.get(backend, "")
+        checks.append(Check(f"service {spec.name}", missing is None,
+                            missing or f"{spec.name} on the {backend} backend ({how})" + (
+                                f", recipe {spec.recipe}" if spec.recipe else ""),
+                            "" if missing is None else "add what is named above, or choose another --backend", True))
+    return checks
 
 
 def _postgres_binaries(config: Config, backend: str) -> list[Check]:
-    from .backends.binaries import find_postgres
+    from .backends.native.binaries import find_postgres
 
     if not config.postgres.enabled:
         return []
@@ -172,7 +176,7 @@ def _postgres_binaries(config: Config, backend: str) -> list[Check]:
 
 
 def _redis_binary(config: Config, backend: str) -> list[Check]:
-    from .backends.binaries import find_redis
+    from .backends.native.binaries import find_redis
 
     if not config.redis.enabled:
         return []
@@ -240,32 +244,10 @@ def _ports(config: Config, backend: str) -> list[Check]:
 
 
 def _migrations(config: Config, backend: str) -> list[Check]:
-    from .provision.migrate import kind_of
+    from .provision.migrate import kind_for
 
-    kind = kind_of(config)
-    if kind == "alembic":
-        ini = config.path(config.migrations.alembic_ini)
-        if importlib.util.find_spec("alembic") is None:
-            return [Check("migrations", False, "alembic is not importable", "pip install alembic", True)]
-        if not ini.is_file():
-            return [Check("migrations", False, f"{ini} does not exist", "fix migrations.alembic_ini", True)]
-        import alembic
-
-        return [Check("migrations", True, f"alembic {alembic.__version__}, {_rel(ini, config.root)}")]
-    if kind == "sql":
-        folder = config.path(config.migrations.directory)
-        ok = folder.is_dir()
-        count = len(list(folder.glob("*.sql"))) if ok else 0
-        return [Check("migrations", ok, f"{count} SQL files in {_rel(folder, config.root)}" if ok else f"{folder} does not exist",
-                      "create it or fix migrations.directory", True)]
-    if kind == "metadata":
-        module = (config.migrations.target or "").partition(":")[0]
-        found = _module_exists(module, config.root)
-        return [Check("migrations", found, f"target {config.migrations.target}" + ("" if found else ": module not found"),
-                      "use migrations.target = 'package.module:attr', importable from the project root", True)]
-    if kind == "command":
-        return [Check("migrations", True, f"command: {' '.join(config.migrations.command)}")]
-    return [Check("migrations", True, "none configured (set migrations.kind, or add alembic.ini)")]
+    found = kind_for(config).check(config)  # each kind says what it needs
+    return [Check("migrations", found.ok, found.detail, found.fix, required=bool(found.fix))]
 
 
 def _seed(config: Config, backend: str) -> list[Check]:
@@ -319,20 +301,6 @@ def _seed_schema(config: Config, backend: str) -> list[Check]:
                       "fix what the message names: `envkit up` would fail the same way", True)]
     return [Check("seed schema", True, f"{count} users go into {config.seed.table} (a throwaway {backend} environment, "
                                        "migrated and seeded, then torn down)")]
-
-
-def _module_exists(module: str, root: Path) -> bool:
-    if not module:
-        return False
-    first = module.split(".")[0]
-    return (root / first).is_dir() or (root / f"{first}.py").is_file() or importlib.util.find_spec(first) is not None
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
 
 
 CHECKS: tuple[Callable[[Config, str], list[Check]], ...] = (

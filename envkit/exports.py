@@ -70,34 +70,24 @@ class Users(list):  # type: ignore[type-arg]
 
 
 def context(config: Config, running: Running, session: Session) -> dict[str, Any]:
-    pg, redis = running.postgres, running.redis
+    """What ``[env]`` templates see: each service's values under its name, the project, the users."""
     ctx: dict[str, Any] = {"project": config.project, "name": session.label, "backend": running.backend}
-    if pg:
-        ctx["postgres"] = {"host": pg.host, "port": pg.port, "user": pg.user, "password": pg.password,
-                           "database": pg.database, "url": pg.url(), "libpq_url": pg.libpq(),
-                           "async_url": pg.url(async_driver(config)), "asyncpg_url": pg.url("asyncpg"),
-                           "psycopg_async_url": pg.url("psycopg_async")}
+    for name, endpoint in running.services.items():
+        ctx[name] = endpoint.context()
+    if running.postgres:
+        ctx["postgres"]["async_url"] = running.postgres.url(async_driver(config))
     if any("users" in template for template in config.env.values()):  # read the seed only when a template may use it
         from .provision.seed import load_users
 
         ctx["users"] = Users(load_users(config))
-    if redis:
-        ctx["redis"] = {"host": redis.host, "port": redis.port, "db": redis.db, "url": redis.url}
-    for name, info in running.extra.items():
-        ctx[name] = info
     return ctx
 
 
 def build(config: Config, running: Running, session: Session) -> dict[str, str]:
+    """Every service's own exports (DATABASE_URL and PG*, REDIS_URL, a user service's table), envkit's pointers, [env]."""
     env: dict[str, str] = {}
-    pg, redis = running.postgres, running.redis
-    if pg:
-        env.update(DATABASE_URL=pg.url(), PGHOST=pg.host, PGPORT=str(pg.port), PGUSER=pg.user,
-                   PGPASSWORD=pg.password, PGDATABASE=pg.database)
-    if redis:
-        env["REDIS_URL"] = redis.url
-    for info in running.extra.values():
-        env.update({k: str(v) for k, v in info.get("exports", {}).items()})
+    for endpoint in running.services.values():
+        env.update(endpoint.exports())
     env.update(ENVKIT_NAME=session.label, ENVKIT_STATE_FILE=str(session.file), ENVKIT_USERS_FILE=str(session.users_file))
     if config.migrations.schema:
         env["ENVKIT_SCHEMA"] = config.migrations.schema

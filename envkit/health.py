@@ -73,7 +73,7 @@ def require(session: Session) -> Health:
 # -- per backend ------------------------------------------------------------------
 
 def _native(session: Session) -> list[Gone]:
-    from .backends.native import is_server
+    from .backends.native.backend import is_server
 
     run_dir = session.resources.get("run_dir")
     return [Gone(service, f"{service} (pid {info['pid']}) is no longer running")
@@ -86,7 +86,7 @@ def _docker(session: Session) -> list[Gone]:
     url = (session.resources.get("engine") or {}).get("url", "unix:///var/run/docker.sock")
     if not url.startswith("unix://"):
         return _ports(session)  # a remote engine: its API needs TLS or ssh (the SDK, 0.3 s); its ports tell enough
-    from .backends.engine import get as engine_get  # the one plain HTTP client for the engine's socket
+    from .backends.docker.engine import get as engine_get  # the one plain HTTP client for the engine's socket
 
     path = url[len("unix://"):]
     gone = []
@@ -108,7 +108,7 @@ def _docker(session: Session) -> list[Gone]:
 
 
 def _external(session: Session) -> list[Gone]:
-    from .backends.native import ping_redis
+    from .services.redis import ping as ping_redis
 
     info = session.resources.get("redis")
     if not info:
@@ -159,7 +159,7 @@ def _database(session: Session) -> list[Gone]:
     where = f"{pg.host}:{pg.port}"
     admin = pg.admin_url
     if session.backend == "native" and session.resources.get("run_dir"):
-        from .backends.native import admin_url
+        from .backends.native.backend import admin_url
 
         admin = admin_url(Path(session.resources["run_dir"]), pg.port)  # its socket: no password exchange
     try:

@@ -6,6 +6,10 @@
 
 Each resource registers its teardown on the stack the moment it exists, so a
 failure or a signal at any stage unwinds exactly what was started before it.
+
+The hand-off to a command is :mod:`envkit.handoff`; environments recorded
+earlier (found, judged stale, reaped, torn down from another process) are
+:mod:`envkit.recorded`.
 """
 
 from __future__ import annotations
@@ -14,28 +18,25 @@ import atexit
 import contextlib
 import gc
 import logging
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-from . import cache, diagnostics, exports, health, progress, signals, state
+from . import cache, diagnostics, exports, progress, services, signals, state
 from .backends import by_name
 from .backends import select as select_backend
-from .backends.base import Running
+from .backends.base import Backend, Running
 from .config import Config
-from .errors import EnvkitError, Interrupted, StaleEnvironment, StateError, TeardownIncomplete, UnsafeTarget
-from .proc import end_child
+from .errors import BackendUnavailable, EnvkitError, Interrupted, TeardownIncomplete
+from .handoff import run_child
 from .provision import database, redis_index
-from .provision.migrate import kind_of, migrate
+from .provision.migrate import kind_for, kind_of, migrate
 from .provision.seed import seed
+from .recorded import reap_stale
 from .state import Session, write_private
 from .wait import wait_for
 from .watchdog import start as start_watchdog
@@ -121,8 +122,12 @@ def read_users(session: Session) -> list[dict[str, Any]]:
         return []
 
 
-def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
-    """Bring an environment up: started, ready, migrated, seeded, exported."""
+def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | None = None) -> Environment:
+    """Bring an environment up: started, ready, migrated, seeded, exported.
+
+    ``backend``: run the services on this object instead of the backend ``config.backend`` names
+    (the unit tests' fake). Its ``name`` is recorded in the state; ``envkit down`` looks it up there.
+    """
     report = reporter or _log_reporter
     timings: dict[str, float] = {}
 
@@ -153,10 +158,11 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
     if config.env:  # user-defined exports are Jinja2 templates: its import (25-50 ms) overlaps the servers' start
         _preimport("jinja2")
     reap_stale(config)
-    backend = select_backend(config)
-    if config.services and backend.name != "docker":  # envkit doctor fails on it; a run says so and goes on
-        log.warning("[services] (%s) is set, but the %s backend runs only postgres and redis: they are not started; "
-                    "use --backend docker", ", ".join(sorted(config.services)), backend.name)
+    backend = backend if backend is not None else select_backend(config)
+    for spec in services.specs(config):  # before anything starts: a service this backend cannot run is an error
+        missing = services.unsupported(spec, backend.name, config.environ)
+        if missing:
+            raise BackendUnavailable(f"the {backend.name} backend cannot run service {spec.name!r}: {missing}")
     session = state.begin(config, backend.name)
     # capture() exits before the stack unwinds: a failure's bundle is written while the logs still exist
     with TeardownStack() as stack, diagnostics.capture(config, session, backend, timings, report):
@@ -182,11 +188,12 @@ def up(config: Config, *, reporter: Reporter | None = None) -> Environment:
                 stage("migrate", migrate, config, pg, env, detail=lambda d: d)
                 stage("seed", seed, config, pg, session.users_file, env, detail=lambda d: d)
                 stage("template", _make_template, config, pg, session, stack, detail=database.template_name(pg.database))
-                if key and hasattr(backend, "save_snapshot"):
+                if key:
                     stage("snapshot", backend.save_snapshot, config, session, running, key, detail="cached for next time")
         if pg:  # a snapshot holds the template too (its key says so)
             session.resources["template_database"] = database.template_name(pg.database)
         session.exports = env
+        session.services = services.record(running.services)
         session.info["timings"] = timings
         session.save()
         if config.dotenv:
@@ -231,7 +238,7 @@ def _interruption(exc: BaseException) -> BaseException:
     return Interrupted(signum)
 
 
-def _start(backend: Any, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+def _start(backend: Backend, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
     running: Running = backend.start(config, session, stack, key)
     if running.redis:
         try:
@@ -276,8 +283,10 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
 def _snapshot_key(config: Config, backend: str, content: dict[str, str]) -> str | None:
     if not config.cache or not config.postgres.enabled:
         return None
-    if kind_of(config) == "command":
-        return None  # an arbitrary command's effect cannot be fingerprinted
+    if not kind_for(config).cacheable:
+        return None  # e.g. an arbitrary command: its effect cannot be fingerprinted
+    if backend == "external":
+        return None  # somebody else's server: there is nothing to keep a snapshot in, or to start one from
     seeds = config.seed.file or config.seed.users or config.seed.sql or config.seed.hook
     if kind_of(config) == "none" and not seeds and backend != "docker":
         return None  # nothing to migrate or seed: the native pristine-cluster cache is the snapshot; a container
@@ -291,7 +300,7 @@ def _describe(running: Running, session: Session) -> str:
         parts.append(f"postgres {running.postgres.version} on {running.postgres.host}:{running.postgres.port}")
     if running.redis:
         parts.append(f"redis {running.redis.version} on {running.redis.host}:{running.redis.port}")
-    parts += list(running.extra)
+    parts += [f"{name} on {ep.host}:{ep.port}" if ep.port else name for name, ep in running.user.items()]
     return ", ".join(parts) + (" (snapshot)" if running.restored else "")
 
 
@@ -320,111 +329,17 @@ def _finish_preimports() -> None:
 
 
 @contextlib.contextmanager
-def environment(config: Config, *, reporter: Reporter | None = None) -> Iterator[Environment]:
-    """``with envkit.environment(config) as env:`` brings it up and always tears it down."""
-    env = up(config, reporter=reporter)
+def environment(config: Config, *, reporter: Reporter | None = None,
+                backend: Backend | None = None) -> Iterator[Environment]:
+    """``with envkit.environment(config) as env:`` brings it up and always tears it down (``backend``: see :func:`up`)."""
+    env = up(config, reporter=reporter, backend=backend)
     try:
         yield env
     finally:
         env.down()
 
 
-# -- other processes' environments --------------------------------------------
-
-def current(config: Config) -> Session | None:
-    """The environment recorded for this checkout, after reaping one whose owner died."""
-    reap_stale(config)
-    return state.load(config)
-
-
-def outdated(config: Config, session: Session) -> list[str]:
-    """The migration and seed files (and settings) that changed since ``session`` was migrated and seeded."""
-    before = session.info.get("contents")
-    config = made_with(config, session)
-    if not before or not config.postgres.enabled:
-        return []  # recorded by an older envkit, or nothing to compare
-    return cache.changed(before, cache.contents(config))
-
-
-def made_with(config: Config, session: Session) -> Config:
-    """The settings ``session`` was brought up with, read again: ``envkit -c FILE up``'s when not the ones found here.
-
-    So that a command or ``pytest`` run without ``-c`` anywhere in the checkout judges the environment by the
-    files it was made from, not by another configuration's.
-    """
-    source = session.info.get("config_file")
-    if not source or source in (config.source, "defaults") or not Path(source).is_file():
-        return config
-    from .config import load
-
-    try:
-        return load(config.root, config_file=source, environ=config.environ)
-    except EnvkitError as exc:
-        log.debug("cannot read %s again (%s); judging %s by %s", source, exc, session.label, config.source)
-        return config
-
-
-def check_fresh(config: Config, session: Session) -> None:
-    """Refuse an environment left up that cannot be used as it is.
-
-    :class:`EnvironmentGone` when a server, a container or its database is gone
-    (:mod:`envkit.health`); :class:`StaleEnvironment` when it was built from
-    other migrations or seeds than the checkout's.
-    """
-    health.require(session)
-    changes = outdated(config, session)
-    if changes:
-        raise StaleEnvironment(session.label, changes)
-
-
-def reap_stale(config: Config) -> bool:
-    """Tear down an environment whose owner died before handing it over (SIGKILL, cancelled job)."""
-    try:
-        session = state.load(config)
-    except StateError:
-        return False
-    if session is None or not session.orphaned:
-        return False
-    log.warning("found environment %s whose owner (pid %d) is gone; tearing it down", session.label, session.owner_pid)
-    teardown_session(config, session)
-    return True
-
-
-def teardown_session(config: Config, session: Session) -> None:
-    """Tear down a recorded environment from any process; idempotent.
-
-    The record is removed only once teardown succeeded: a :class:`TeardownIncomplete` keeps it (noting why),
-    so that a later ``envkit down`` or ``envkit prune`` can finish.
-    """
-    config = made_with(config, session)  # its dotenv file is the one its own settings named
-    refused = None
-    with signals.deferred():
-        end_child(session.resources.get("child"), session.label)  # the tests of an owner that was killed
-        try:
-            by_name(session.backend).teardown(session)
-        except TeardownIncomplete as exc:
-            session.info["teardown_failed"] = str(exc)
-            session.save()
-            raise
-        except UnsafeTarget as exc:  # a recorded database envkit did not create: all else is down, and that one
-            refused = exc  # will never be envkit's to drop, so the record goes; the refusal is still the outcome
-        if config.dotenv:
-            config.path(config.dotenv).unlink(missing_ok=True)
-        session.remove()
-    if refused:
-        raise refused
-
-
-def down(config: Config) -> Session | None:
-    """Tear down this checkout's environment, if any; returns what was torn down."""
-    session = state.load(config)
-    if session is None:
-        return None
-    teardown_session(config, session)
-    return session
-
-
-# -- hand-off -------------------------------------------------------------------
+# -- a command in an environment: up → hand off (envkit.handoff) → down -----------
 
 def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None,
         keep: bool = False, keep_on_failure: bool = False, on_kept: Callable[[Environment], None] | None = None,
@@ -464,65 +379,3 @@ def diagnose(env: Environment, reporter: Reporter | None = None) -> None:
         log.warning("could not write the diagnostics bundle: %s", exc)
     else:
         report("diagnostics", "done", time.perf_counter() - t0, f"written to {path}")
-
-
-#: After a signal, how long the child has to exit before SIGTERM, then before SIGKILL (a further signal cuts
-#: either short). With teardown after it, this fits CI cancellation: GitHub Actions sends SIGINT, SIGTERM
-#: 7.5 s later, and kills the whole tree 2.5 s after that.
-CHILD_GRACE = (3.0, 1.5)
-
-
-def run_child(argv: Sequence[str], env: dict[str, str], cwd: Path | None = None, session: Session | None = None) -> int:
-    """Run a command; on a signal, pass it on once, give the child a moment, then SIGTERM, then SIGKILL.
-
-    In the foreground of a terminal the child shares envkit's process group (Ctrl-C, Ctrl-Z and a debugger
-    reading the terminal work as if it ran alone): the terminal's SIGINT or SIGHUP reaches it directly and
-    is not sent again. Anywhere else (CI, an IDE, a service) it gets a process group of its own, and every
-    signal is passed on exactly once, to that group. ``session``: the child is recorded there, so that the
-    watchdog (or the next ``envkit down``) can end it when envkit is killed.
-    """
-    shared = signals.foreground()
-    with signals.deferred(then_raise=False):  # raised in the middle of this, a signal would orphan the child
-        try:
-            proc = subprocess.Popen(list(argv), env=env, cwd=cwd, process_group=None if shared else 0)
-        except FileNotFoundError:
-            raise EnvkitError(f"cannot run {argv[0]!r}: command not found") from None
-        if session is not None:
-            session.resources["child"] = {"pid": proc.pid, "pgid": None if shared else proc.pid}
-            session.save()
-    try:
-        signals.check()
-        code = proc.wait()
-        if session is not None:  # gone: nothing for a watchdog to end, and its pid may be reused
-            session.resources.pop("child", None)
-            session.save()
-        return code
-    except Interrupted as exc:
-        with signals.deferred(then_raise=False):
-            _stop_child(proc, exc.signum, shared)
-        raise
-
-
-def _stop_child(proc: subprocess.Popen[bytes], signum: int, shared: bool) -> None:
-    def send(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if shared:
-                os.kill(proc.pid, sig)
-            else:
-                os.killpg(proc.pid, sig)
-
-    if proc.poll() is None and not (shared and signum in (signal.SIGINT, signal.SIGHUP)):
-        send(signum)  # the terminal sent these to the whole foreground group already
-    seen = signals.count()
-    for grace, sig in zip(CHILD_GRACE, [s for s in (signal.SIGTERM, signal.SIGKILL) if s != signum], strict=False):
-        deadline = time.monotonic() + grace
-        while proc.poll() is None and time.monotonic() < deadline and signals.count() == seen:
-            time.sleep(0.01)
-        if proc.poll() is not None:
-            break
-        seen = signals.count()
-        log.warning("the command (pid %d) is still running; sending it %s", proc.pid, signal.Signals(sig).name)
-        send(sig)
-    if proc.poll() is None:  # SIGKILLed: gone in a moment
-        proc.wait()
-    end_child({"pid": proc.pid, "pgid": None if shared else proc.pid}, None)  # what it left running in its group

@@ -18,7 +18,7 @@ from .config import Config, load
 from .errors import SeedError
 
 if TYPE_CHECKING:
-    from .backends.base import PostgresEndpoint
+    from .services import PostgresEndpoint
 
 
 @contextlib.contextmanager

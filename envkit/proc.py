@@ -238,7 +238,7 @@ def end_child(record: Mapping[str, int | None] | None, label: str | None, *, sig
               grace: float = 2.0) -> None:
     """End a command envkit handed off to, with what it started, if it still runs: ``sig``, then SIGKILL.
 
-    ``record`` is ``{"pid": ..., "pgid": ...}`` as :func:`envkit.lifecycle.run_child` wrote it: with a
+    ``record`` is ``{"pid": ..., "pgid": ...}`` as :func:`envkit.handoff.run_child` wrote it: with a
     process group of its own the whole group goes; in a terminal's group, the child and those of its
     descendants still in that group (servers a nested envkit started have sessions of their own, and
     their own teardown). ``label``: the session whose ``ENVKIT_NAME`` they must carry (a reused pid is

@@ -18,6 +18,10 @@ The CLI installs :func:`install`. From then on a signal
 
 A signal before :func:`install` (while the CLI's modules load) ends the
 process at once with its exit code: nothing has been started yet.
+
+Where envkit is a guest in another program's process (the pytest plugin's
+``--envkit``), :func:`interrupt_on_sigterm` only makes SIGTERM unwind like
+Ctrl-C; the host handles the rest.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from . import _early
@@ -61,6 +65,23 @@ def install() -> None:
     for sig in HANDLED:
         signal.signal(sig, _on_signal)
     signal.signal(signal.SIGALRM, _retry)
+
+
+def interrupt_on_sigterm() -> Callable[[], None] | None:
+    """SIGTERM (CI cancellation) raises :class:`Interrupted`, a ``KeyboardInterrupt``, so the host unwinds as for Ctrl-C.
+
+    Only in the main thread, and only while nothing else handles SIGTERM. The signal is not recorded
+    (:func:`received`): the host's own handling of the interruption ends its run, and envkit's teardown
+    afterwards runs as usual. Returns what puts the earlier handler back, or None when nothing was installed.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return None
+    earlier = signal.signal(signal.SIGTERM, _interrupt)
+
+    def put_back() -> None:
+        signal.signal(signal.SIGTERM, earlier)
+
+    return put_back
 
 
 def received() -> int | None:
@@ -120,6 +141,10 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     if len(_received) > 1:
         log.debug("received %s while stopping on %s", name, signal.Signals(_received[0]).name)
     _raise_or_postpone(frame)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
 
 
 def _retry(signum: int, frame: FrameType | None) -> None:

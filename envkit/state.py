@@ -50,6 +50,8 @@ class Session:
     started_at: float = field(default_factory=time.time)
     resources: dict[str, Any] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
+    #: each service's endpoint, as a typed record (envkit.services.record): what later commands rebuild it from
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -10,7 +10,7 @@ waits on the owner's pidfd (or polls its pid) and re-reads ``state.json``:
 - the session was handed over (``envkit up`` detaches it): exit;
 - the owner died: wait for the subprocesses it left (a ``docker compose up``
   still creating containers) to finish, tear the session down through
-  :func:`envkit.lifecycle.teardown_session` (which first ends the command
+  :func:`envkit.recorded.teardown_session` (which first ends the command
   ``envkit test``/``run`` handed off to, with its process group: the tests
   must not go on against servers that are gone), exit.
 
@@ -111,7 +111,7 @@ def watch(state_dir: Path, label: str, owner: int, root: Path, config_file: str 
 
 def _teardown(state_dir: Path, data: dict[str, object], root: Path, config_file: str | None) -> None:
     from envkit import config as config_mod
-    from envkit import lifecycle
+    from envkit import recorded
     from envkit.backends import by_name
     from envkit.errors import EnvkitError
     from envkit.proc import end_child
@@ -127,7 +127,7 @@ def _teardown(state_dir: Path, data: dict[str, object], root: Path, config_file:
         by_name(session.backend).teardown(session)
         session.remove()
         return
-    lifecycle.teardown_session(config, session)
+    recorded.teardown_session(config, session)
 
 
 def _wait_for_leftovers(label: str, data: dict[str, object]) -> None:

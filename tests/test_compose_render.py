@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ import yaml
 from conftest import IN_CI, Project, need
 
 from envkit import ConfigError, load_config
-from envkit.backends import engine
-from envkit.render import Health, Plan, postgres_tmpfs, render, static_plan, tmpfs_paths
+from envkit.backends.docker import engine
+from envkit.backends.docker.render import Health, Plan, postgres_tmpfs, render, static_plan, tmpfs_paths
 
 GOLDEN = Path(__file__).parent / "golden" / "docker-compose.test.yml"
 #: Everything Compose and YAML could mangle: interpolation, quotes, comments, mapping colons.
@@ -195,7 +196,10 @@ def test_postgres_data_path_follows_the_image() -> None:
 
 @pytest.mark.parametrize(("table", "message"), [
     ('template = "x.j2"\nprobe = "ping"', "probe must be one of"),
-    ('probe = "tcp"', "template must name"),
+    ('ports = [80]', "has neither image nor template"),
+    ('image = "x"\nports = { grpc = 7233 }\nprobe = { tcp = "web" }', "probe.port web is not in"),
+    ('image = "x"\ndepends_on = ["nope"]', "depends_on names 'nope'"),
+    ('image = "x"\ncommand = "temporal"', "command must be a list"),
     ('template = "x.j2"\nprobe = "tcp"', "needs a published port"),
     ('template = "x.j2"\nports = [80]\nprobe = { http = "health" }', "starting with '/'"),
     ('template = "x.j2"\nprobe = { command = "ls" }', "non-empty list"),
@@ -298,3 +302,68 @@ def test_the_demo_s_committed_file_is_fresh() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENVKIT_")}
     result = subprocess.run([*ENVKIT, "render", "--check"], cwd=demo, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{result.stderr}: run `envkit render` in examples/demo"
+
+
+def test_an_image_service_is_rendered_with_its_arguments_ports_order_and_tmpfs(project: Project) -> None:
+    project.write("envkit.toml", textwrap.dedent('''\
+        project = "p"
+        [services.queue]
+        image = "example/queue:1"
+        ports = { amqp = 5672, admin = 15672 }
+        docker_command = ["serve", "--port", "{{ ports.amqp }}", "--data", "{{ data_dir }}"]
+        environment = { QUEUE_PASSWORD = "a$b" }
+        depends_on = ["postgres"]
+        [services.worker]
+        image = "example/worker:1"
+        depends_on = ["queue"]
+    '''))
+    doc = yaml.safe_load(render(project.load(), static_plan(project.load())))
+    queue = doc["services"]["queue"]
+    assert queue["image"] == "example/queue:1"
+    assert queue["command"] == ["serve", "--port", "5672", "--data", "/var/lib/envkit/queue"]
+    assert queue["environment"] == {"QUEUE_PASSWORD": "a$$b"}  # compose would interpolate a bare $
+    assert queue["ports"] == ["127.0.0.1:5672:5672", "127.0.0.1:15672:15672"]
+    assert queue["tmpfs"] == ["/var/lib/envkit/queue"]
+    assert queue["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert doc["services"]["worker"]["depends_on"] == {"queue": {"condition": "service_started"}}
+
+
+def test_services_are_ordered_after_what_they_depend_on_and_circles_are_refused(project: Project) -> None:
+    from envkit.services import specs, waves
+
+    project.write("envkit.toml", 'project = "p"\n[services.b]\nimage = "x"\ndepends_on = ["a"]\n'
+                                 '[services.a]\nimage = "x"\n[services.c]\nimage = "x"\n')
+    found = specs(project.load())
+    assert [s.name for s in found] == ["a", "b", "c"]
+    assert [[s.name for s in group] for group in waves(found)] == [["a", "c"], ["b"]]
+    project.write("envkit.toml", 'project = "p"\n[services.a]\nimage = "x"\ndepends_on = ["b"]\n'
+                                 '[services.b]\nimage = "x"\ndepends_on = ["a"]\n')
+    with pytest.raises(ConfigError, match="circle"):
+        specs(project.load())
+
+
+def test_each_backend_says_what_it_lacks_for_a_service(project: Project) -> None:
+    from envkit.services import specs, unsupported
+
+    project.write("envkit.toml", 'project = "p"\n[services.svc]\ntemplate = "svc.yml.j2"\n'
+                                 '[services.tool]\ncommand = ["no-such-binary-envkit"]\nwheel = "no-such-dist-envkit"\n')
+    svc, tool = specs(project.load())
+    assert unsupported(svc, "docker", {}) is None
+    assert "has no command, which the native backend runs" in (unsupported(svc, "native", {}) or "")
+    assert "has no url, which the external backend needs" in (unsupported(svc, "external", {}) or "")
+    said = unsupported(tool, "native", {"PATH": "/nonexistent"}) or ""
+    assert "could not find 'no-such-binary-envkit'" in said and "pip install no-such-dist-envkit" in said
+    assert "(not installed)" in said
+
+
+def test_endpoints_survive_the_state_file_as_typed_records() -> None:
+    from envkit.services import PostgresEndpoint, RedisEndpoint, ServiceEndpoint, from_record, record
+
+    found = {"postgres": PostgresEndpoint("127.0.0.1", 5433, "u", "p@ss", "db", "admin", version="15.1"),
+             "redis": RedisEndpoint("127.0.0.1", 6380, 2, version="7.0"),
+             "temporal": ServiceEndpoint("temporal", "127.0.0.1", {"grpc": 40001}, {"TEMPORAL_ADDRESS": "x"},
+                                         container_ports={"grpc": 7233})}
+    back = from_record(json.loads(json.dumps(record(found))), admin_url="host=/run port=5433")
+    assert back["postgres"] == found["postgres"].__class__(**{**found["postgres"].__dict__, "admin_url": "host=/run port=5433"})
+    assert back["redis"] == found["redis"] and back["temporal"] == found["temporal"]
+    assert back["temporal"].context()["ports"][7233] == 40001 and back["temporal"].context()["ports"].grpc == 40001

@@ -30,7 +30,8 @@ from conftest import REPO, Project, envkit_processes, need, wait_until
 from forwarder import Forwarder, unix_path
 
 import envkit
-from envkit.backends import docker_reachable, reaper
+from envkit.backends import docker_reachable
+from envkit.backends.docker import reaper
 from envkit.errors import EXIT_ENVKIT_ERROR
 from envkit.ports import free_port
 from envkit.proc import alive as proc_alive
@@ -370,11 +371,11 @@ def test_user_defined_services_with_each_probe(project: Project, client: Any) ->
     docker_config(project, 'templates = "templates"\n[postgres]\nenabled = false\n' + tables
                   + '\n[env]\nKV_PORT = "{{ kv.port }}"\n')
     with envkit.environment(project.load()) as env:
-        assert set(env.running.extra) == {"kv", "kvlog", "kvcmd"}
+        assert set(env.running.user) == {"kv", "kvlog", "kvcmd"}
         for name in ("kv", "kvlog", "kvcmd"):
             url = env.exports[f"{name.upper()}_URL"]
             assert redis.Redis.from_url(url).ping(), name
-        assert env.exports["KV_PORT"] == str(env.running.extra["kv"]["port"])
+        assert env.exports["KV_PORT"] == str(env.running.user["kv"].port)
         assert all(addr.startswith("127.0.0.1:") for addr in listeners(int(env.exports["KV_PORT"])))
         assert len(labelled(client, env.session.label)["containers"]) == 4
 
@@ -896,3 +897,26 @@ def test_github_cancel_with_a_child_that_ignores_sigint_docker(project: Project,
     assert not left, left
     assert not (project.root / ".envkit" / "state.json").exists()
     assert received(record) == ["SIGTERM"] and not alive(int(pid_file.read_text()))
+
+
+def test_an_image_service_without_a_template_runs_and_waits_on_its_first_port(project: Project, client: Any) -> None:
+    """image + docker_command + named ports: no template to write; envkit renders the service."""
+    docker_config(project, textwrap.dedent('''\
+        [postgres]
+        enabled = false
+        [redis]
+        enabled = false
+        [services.cache]
+        image = "redis:7-alpine"
+        ports = { resp = 6379 }
+        docker_command = ["redis-server", "--port", "{{ ports.resp }}", "--dir", "{{ data_dir }}"]
+        [services.cache.exports]
+        CACHE_URL = "redis://{{ host }}:{{ ports.resp }}/0"
+    '''))
+    with envkit.environment(project.load()) as env:
+        cache = env.running.user["cache"]
+        assert env.exports["CACHE_URL"] == f"redis://127.0.0.1:{cache.ports['resp']}/0"
+        assert redis.Redis.from_url(env.exports["CACHE_URL"]).ping()
+        assert env.session.services["cache"]["container_ports"] == {"resp": 6379}
+        label = env.session.label
+    assert not any(labelled(client, label).values())

@@ -20,7 +20,7 @@ from conftest import Project, envkit_run_dirs, need, processes_of, wait_until
 from projects import USERS_TABLE, alembic_project
 
 import envkit
-from envkit.backends.binaries import find_postgres, find_redis
+from envkit.backends.native.binaries import find_postgres, find_redis
 from envkit.errors import EXIT_ENVKIT_ERROR
 from envkit.proc import alive
 
@@ -399,7 +399,7 @@ def test_missing_binaries_explain_how_to_fix(tmp_path: Path) -> None:
 
 def test_binaries_answer_once_until_they_change(tmp_path: Path) -> None:
     """`--version` is asked once per binary (the memo in the cache), and again after an upgrade."""
-    from envkit.backends.binaries import Memo
+    from envkit.backends.native.binaries import Memo
 
     calls = tmp_path / "calls"
     server = tmp_path / "redis-server"

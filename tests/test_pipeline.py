@@ -4,50 +4,23 @@ from __future__ import annotations
 
 import io
 import signal
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
+from fake_backend import FakeBackend, registered
 
 import envkit
-from envkit import lifecycle, progress, state
-from envkit.backends.base import PostgresEndpoint, RedisEndpoint, Running
+from envkit import lifecycle, progress, recorded, state
 from envkit.errors import Interrupted, MigrationFailed
 from envkit.output import StageReporter
 
 
-class FakeBackend:
-    """Starts nothing; records what the lifecycle asks of it."""
-
-    name: ClassVar[str] = "fake"
-
-    def __init__(self, events: list[str], restored: bool = False) -> None:
-        self.events = events
-        self.restored = restored
-
-    def start(self, config: Any, session: state.Session, stack: ExitStack, snapshot: str | None) -> Running:
-        self.events.append("start")
-        progress.note("postgres", "starting")
-        session.resources["fake"] = True
-        session.save()
-        stack.callback(self.teardown, session)
-        pg = PostgresEndpoint("127.0.0.1", 1, "u", "p@ss/word", "db_test", admin_url="host=/x", version="15")
-        return Running("fake", postgres=pg, redis=RedisEndpoint("127.0.0.1", 2, 3), restored=self.restored)
-
-    def save_snapshot(self, config: Any, session: Any, running: Any, key: str) -> None:
-        self.events.append("snapshot")
-
-    def teardown(self, session: state.Session) -> None:
-        self.events.append("teardown")
-
-    def logs(self, session: state.Session, service: str | None = None) -> dict[str, str]:
-        return {}
-
-
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    events: list[str] = []
+    """What the fake backend was asked, interleaved with the provisioning stages (which need a real server:
+    here they only record that they ran, and a snapshot key is made up so that the snapshot stage runs)."""
+    events = registered(monkeypatch)
     monkeypatch.setattr(lifecycle, "_provision_database", lambda *a: events.append("database"))
     monkeypatch.setattr(lifecycle, "_probe", lambda *a: events.append("ready"))
     monkeypatch.setattr(lifecycle, "migrate", lambda *a: events.append("migrate") or "m")
@@ -57,19 +30,14 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return events
 
 
-def use(monkeypatch: pytest.MonkeyPatch, backend: FakeBackend) -> None:
-    monkeypatch.setattr(lifecycle, "select_backend", lambda config: backend)
-    monkeypatch.setattr(lifecycle, "by_name", lambda name: backend)
-
-
 def config_for(tmp_path: Path) -> envkit.Config:
     return envkit.load_config(tmp_path, environ={})
 
 
-def test_stages_run_in_order_and_teardown_runs_once(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, FakeBackend(events))
+def test_stages_run_in_order_and_teardown_runs_once(tmp_path: Path, events: list[str]) -> None:
     seen: list[tuple[str, str]] = []
-    env = envkit.up(config_for(tmp_path), reporter=lambda stage, status, s, d: seen.append((stage, status)))
+    env = envkit.up(config_for(tmp_path), backend=FakeBackend(),
+                    reporter=lambda stage, status, s, d: seen.append((stage, status)))
     assert events == ["start", "database", "ready", "migrate", "seed", "template", "snapshot"]
     assert [s for s, status in seen if status == "done"] == ["start", "database", "ready", "migrate", "seed", "template",
                                                              "snapshot"]
@@ -85,11 +53,10 @@ def test_stages_run_in_order_and_teardown_runs_once(tmp_path: Path, events: list
     assert not state_file.exists() and not dotenv.exists()
 
 
-def test_progress_notes_reach_the_reporter_during_their_stage_only(tmp_path: Path, events: list[str],
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, FakeBackend(events))
+def test_progress_notes_reach_the_reporter_during_their_stage_only(tmp_path: Path, events: list[str]) -> None:
     seen: list[tuple[str, str, str]] = []
-    with envkit.environment(config_for(tmp_path), reporter=lambda stage, status, s, d: seen.append((stage, status, d))):
+    with envkit.environment(config_for(tmp_path), backend=FakeBackend(),
+                            reporter=lambda stage, status, s, d: seen.append((stage, status, d))):
         progress.note("postgres", "after the start stage")  # no stage listens: goes nowhere
     assert [e for e in seen if e[1] == "progress"] == [("start", "progress", "postgres: starting")]
     stream = io.StringIO()
@@ -100,78 +67,69 @@ def test_progress_notes_reach_the_reporter_during_their_stage_only(tmp_path: Pat
     assert [s["stage"] for s in reporter.stages] == ["start"] and "starting" not in stream.getvalue()
 
 
-def test_restored_snapshot_skips_migrate_and_seed(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, FakeBackend(events, restored=True))
-    with envkit.environment(config_for(tmp_path)):
+def test_restored_snapshot_skips_migrate_and_seed(tmp_path: Path, events: list[str]) -> None:
+    with envkit.environment(config_for(tmp_path), backend=FakeBackend(restored=True)):
         assert events == ["start", "database", "ready"]
     assert events[-1] == "teardown"
 
 
 def test_failure_in_a_stage_unwinds_what_was_started(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, FakeBackend(events))
-
     def broken(*a: Any) -> str:
         raise MigrationFailed("revision 0002 failed: syntax error")
 
     monkeypatch.setattr(lifecycle, "migrate", broken)
     with pytest.raises(MigrationFailed) as info:
-        envkit.up(config_for(tmp_path))
+        envkit.up(config_for(tmp_path), backend=FakeBackend())
     assert info.value.stage == "migrate"
     assert events == ["start", "database", "ready", "teardown"]
     assert not (tmp_path / ".envkit" / "state.json").exists()
 
 
 def test_signal_during_a_stage_unwinds(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, FakeBackend(events))
-
     def interrupted(*a: Any) -> str:
         raise Interrupted(signal.SIGTERM)
 
     monkeypatch.setattr(lifecycle, "seed", interrupted)
     with pytest.raises(Interrupted) as info:
-        envkit.up(config_for(tmp_path))
+        envkit.up(config_for(tmp_path), backend=FakeBackend())
     assert info.value.exit_code == 143
     assert events[-1] == "teardown"
 
 
-def test_stale_state_of_a_dead_owner_is_reaped(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, FakeBackend(events))
+def test_stale_state_of_a_dead_owner_is_reaped(tmp_path: Path, events: list[str]) -> None:
     config = config_for(tmp_path)
     session = state.begin(config, "fake")
     session.owner_pid = 2**22 + 12345  # no such process
     session.save()
-    assert lifecycle.current(config) is None
+    assert recorded.current(config) is None
     assert events == ["teardown"]
 
 
-def test_detached_environment_is_not_reaped(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    use(monkeypatch, FakeBackend(events))
+def test_detached_environment_is_not_reaped(tmp_path: Path, events: list[str]) -> None:
     config = config_for(tmp_path)
-    env = envkit.up(config)
+    env = envkit.up(config, backend=FakeBackend())
     env.detach()
     session = state.load(config)
     assert session is not None
     session.owner_pid = 2**22 + 12345
     session.save()
-    assert lifecycle.current(config) is not None
+    assert recorded.current(config) is not None
     assert envkit.down(config) is not None
     assert envkit.down(config) is None
     assert events.count("teardown") == 1
 
 
-def test_exports_render_user_templates(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exports_render_user_templates(tmp_path: Path, events: list[str]) -> None:
     (tmp_path / "envkit.toml").write_text('[env]\nPOSTGRES_SERVER = "{{ postgres.host }}"\nPOSTGRES_PORT = "{{ postgres.port }}"\n')
-    use(monkeypatch, FakeBackend(events))
-    with envkit.environment(config_for(tmp_path)) as env:
+    with envkit.environment(config_for(tmp_path), backend=FakeBackend()) as env:
         assert env.exports["POSTGRES_SERVER"] == "127.0.0.1"
         assert env.exports["POSTGRES_PORT"] == "1"
 
 
-def test_bad_export_template_is_a_config_error(tmp_path: Path, events: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_export_template_is_a_config_error(tmp_path: Path, events: list[str]) -> None:
     (tmp_path / "envkit.toml").write_text('[env]\nX = "{{ postgres.nope }}"\n')
-    use(monkeypatch, FakeBackend(events))
     with pytest.raises(envkit.ConfigError, match=r"env\.X"):
-        envkit.up(config_for(tmp_path))
+        envkit.up(config_for(tmp_path), backend=FakeBackend())
     assert events[-1] == "teardown"
 
 

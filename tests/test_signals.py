@@ -31,7 +31,7 @@ from signalling import (
 )
 
 from envkit import EnvkitError, Interrupted, signals
-from envkit.backends.binaries import find_postgres, find_redis
+from envkit.backends.native.binaries import find_postgres, find_redis
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"  # the machine's own server: test_external.py
 

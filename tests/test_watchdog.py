@@ -66,7 +66,7 @@ def test_tears_down_when_the_owner_dies(project: Project, owner: subprocess.Pope
 
 @pytest.mark.native
 def test_sigkilled_native_run_is_reaped_without_another_command(project: Project) -> None:
-    from envkit.backends.binaries import find_postgres, find_redis
+    from envkit.backends.native.binaries import find_postgres, find_redis
     from envkit.errors import BinaryNotFound
 
     try:

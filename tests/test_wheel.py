@@ -215,7 +215,7 @@ def test_the_installed_wheel_runs_the_example_on_docker(venv: Venv, demo: Path, 
     need(docker_reachable(os.environ), "no Docker engine answers: run ../shared/docker/provision.sh")
     import docker
 
-    from envkit.backends import reaper
+    from envkit.backends.docker import reaper
 
     client = docker.from_env()
     base = str(tmp_path_factory.getbasetemp())

@@ -18,18 +18,12 @@ from collections.abc import Mapping
 
 from ..config import Config
 from ..errors import BackendUnavailable
+from ..registry import BACKENDS  # name -> "module:class", the one list of backends
 from .base import Backend, PostgresEndpoint, RedisEndpoint, Running
 
 __all__ = ["BACKENDS", "Backend", "PostgresEndpoint", "RedisEndpoint", "Running", "by_name", "docker_reachable", "select"]
 
 log = logging.getLogger("envkit")
-
-#: name -> "module:class", imported only when chosen (the docker SDK is slow to import).
-BACKENDS: dict[str, str] = {
-    "native": "envkit.backends.native:NativeBackend",
-    "docker": "envkit.backends.compose:ComposeBackend",
-    "external": "envkit.backends.external:ExternalBackend",
-}
 
 
 def by_name(name: str) -> Backend:
@@ -58,7 +52,7 @@ def select(config: Config) -> Backend:
 
 def docker_reachable(environ: Mapping[str, str], timeout: float = 0.5) -> bool:
     """Whether a Docker engine answers /_ping (a raw request: importing the SDK costs 0.2 s)."""
-    from .engine import locate  # DOCKER_HOST, else the current docker context, else the local socket
+    from .docker.engine import locate  # DOCKER_HOST, else the current docker context, else the local socket
 
     host = locate(environ).url
     try:

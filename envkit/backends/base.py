@@ -8,68 +8,44 @@ it knows nothing of databases, migrations or users (see ``envkit.provision``).
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
-from urllib.parse import quote
 
 from ..config import Config
+from ..services import Endpoint, PostgresEndpoint, RedisEndpoint, ServiceEndpoint
 from ..state import Session
 
 
-@dataclass(frozen=True)
-class PostgresEndpoint:
-    """A PostgreSQL server and the credentials tests use on it."""
+class Running:
+    """The services a backend started (or found), ready for provisioning: endpoints by service name."""
 
-    host: str
-    port: int
-    user: str
-    password: str = field(repr=False)  # never in a repr: tracebacks end up in CI logs
-    database: str
-    admin_url: str = field(repr=False)  # a superuser connection (libpq URL) used to create roles and databases
-    owned: bool = True  # envkit started this server: it may create and drop anything on it
-    version: str = ""
-
-    def url(self, driver: str | None = "psycopg", database: str | None = None) -> str:
-        scheme = f"postgresql+{driver}" if driver else "postgresql"
-        auth = quote(self.user, safe="")
-        if self.password:
-            auth += ":" + quote(self.password, safe="")
-        return f"{scheme}://{auth}@{_host(self.host)}:{self.port}/{quote(database or self.database, safe='')}"
-
-    def libpq(self, database: str | None = None) -> str:
-        return self.url(driver=None, database=database)
-
-
-@dataclass(frozen=True)
-class RedisEndpoint:
-    """A Redis server and the database index envkit may use on it."""
-
-    host: str
-    port: int
-    db: int = 0
-    password: str | None = field(default=None, repr=False)
-    owned: bool = True
-    version: str = ""
+    def __init__(self, backend: str, postgres: PostgresEndpoint | None = None, redis: RedisEndpoint | None = None,
+                 services: dict[str, Endpoint] | None = None, restored: bool = False) -> None:
+        self.backend = backend
+        self.services: dict[str, Endpoint] = dict(services or {})
+        if postgres is not None:
+            self.services["postgres"] = postgres
+        if redis is not None:
+            self.services["redis"] = redis
+        self.restored = restored  # started from a migrated-and-seeded snapshot: skip migrate and seed
 
     @property
-    def url(self) -> str:
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
-        return f"redis://{auth}{_host(self.host)}:{self.port}/{self.db}"
+    def postgres(self) -> PostgresEndpoint | None:
+        found = self.services.get("postgres")
+        return found if isinstance(found, PostgresEndpoint) else None
 
+    @property
+    def redis(self) -> RedisEndpoint | None:
+        found = self.services.get("redis")
+        return found if isinstance(found, RedisEndpoint) else None
 
-@dataclass
-class Running:
-    """The services a backend started (or found), ready for provisioning."""
-
-    backend: str
-    postgres: PostgresEndpoint | None = None
-    redis: RedisEndpoint | None = None
-    extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # user-defined services: exports
-    restored: bool = False  # started from a migrated-and-seeded snapshot: skip migrate and seed
+    @property
+    def user(self) -> dict[str, ServiceEndpoint]:
+        """The user-defined services' endpoints."""
+        return {n: ep for n, ep in self.services.items() if isinstance(ep, ServiceEndpoint)}
 
 
 class Backend(Protocol):
-    """How services run. Chosen by name from ``envkit.backends.BACKENDS``."""
+    """How services run. Chosen by name from ``envkit.registry.BACKENDS``; tests/test_registry.py holds each to it."""
 
     name: ClassVar[str]
 
@@ -112,7 +88,3 @@ class SupportsDiagnostics(Protocol):
         oldest first. Called before teardown, so logs and containers still exist.
         """
         ...
-
-
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

@@ -31,10 +31,12 @@ from .. import redact
 from ..config import Config
 from ..errors import BackendUnavailable, ConfigError, ServiceFailed, TeardownIncomplete, UnsafeTarget
 from ..provision import database
+from ..services import PostgresEndpoint, RedisEndpoint, ServiceSpec, probes, specs
+from ..services.redis import ping as ping_redis
+from ..services.user import endpoint
 from ..state import Session
 from ..wait import wait_for
-from .base import PostgresEndpoint, RedisEndpoint, Running
-from .native import ping_redis
+from .base import Running
 
 log = logging.getLogger("envkit")
 
@@ -62,7 +64,7 @@ class ExternalBackend:
             version = _wait_postgres(admin, config.timeout)
             session.resources["admin_url"] = admin.admin_url
             session.save()
-            running.postgres = PostgresEndpoint(
+            running.services["postgres"] = PostgresEndpoint(
                 host=admin.host, port=admin.port, user=admin.user, password=admin.password,
                 database=f"{config.database[:_BASE_CHARS]}_{session.id}", admin_url=admin.admin_url,
                 owned=False, version=version,
@@ -78,10 +80,18 @@ class ExternalBackend:
                 session.resources["redis"] = {"host": redis.host, "port": redis.port, "db": redis.db,
                                               "password": redis.password}
                 session.save()
-                running.redis = redis
+                running.services["redis"] = redis
             else:
                 log.warning("redis: no redis.url (ENVKIT_REDIS_URL) or REDIS_URL given; running without Redis")
+        for spec in specs(config):
+            host, port = service_address(spec)
+            host_ports = {name: port for name in spec.ports} or {"port": port}
+            _wait_service(spec, host, host_ports, config.timeout)
+            running.services[spec.name] = endpoint(spec, host, host_ports, config.project, owned=False, url=spec.url)
         return running
+
+    def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
+        """Nothing to keep: the server is somebody else's (the lifecycle asks for no snapshot key here)."""
 
     def teardown(self, session: Session) -> None:
         """Drop the databases envkit created (and their derived copies); flush the one Redis index it used.
@@ -124,7 +134,8 @@ class ExternalBackend:
             raise refused[0] if len(refused) == 1 else UnsafeTarget("; ".join(str(r) for r in refused))
 
     def logs(self, session: Session, service: str | None = None) -> dict[str, str]:
-        names = [service] if service else ["postgres", *(["redis"] if "redis" in session.resources else [])]
+        names = [service] if service else ["postgres", *(["redis"] if "redis" in session.resources else []),
+                                           *(n for n, ep in session.services.items() if ep.get("kind") == "service")]
         return {name: "(the external backend did not start this server and has no access to its log)" for name in names}
 
 
@@ -228,3 +239,32 @@ def _flushdb(info: dict[str, Any]) -> None:
         client.close()
 
 
+
+
+def service_address(spec: ServiceSpec) -> tuple[str, int]:
+    """The host and port of a user service's ``url``: ``host:port``, or a URL with a scheme (its default port)."""
+    url = str(spec.url)
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    try:
+        port = parts.port or {"http": 80, "https": 443, "amqp": 5672, "redis": 6379}.get(parts.scheme)
+    except ValueError:
+        port = None
+    if not parts.hostname or not port:
+        raise ConfigError(f"{spec.where}: url = {redact.url(url)!r} names no host and port; write it as "
+                          "\"host:port\" or \"scheme://host:port\"")
+    return parts.hostname, port
+
+
+def _wait_service(spec: ServiceSpec, host: str, host_ports: dict[str, int], timeout: float) -> None:
+    """Its probe where one can run from here (tcp, http, a command on this machine), else a TCP connect."""
+    probe = spec.probe
+    port = host_ports[spec.port_of(probe.port)] if probe.port in host_ports else next(iter(host_ports.values()))
+    if probe.kind == "http":
+        wait_for(lambda: probes.http(host, port, str(probe.target)), service=spec.name,
+                 what=f"GET {probe.target} on {host}:{port} answers", timeout=timeout)
+    elif probe.kind == "command":
+        wait_for(lambda: probes.command(probe.target), service=spec.name, what=f"{' '.join(probe.target)} exits 0",
+                 timeout=timeout)
+    else:  # tcp, health, log: a log is not ours to read
+        wait_for(lambda: probes.tcp(host, port), service=spec.name, what=f"{host}:{port} accepts connections",
+                 timeout=timeout)

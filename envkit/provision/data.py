@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .database import connect, guard
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint
+    from ..services import PostgresEndpoint
 
 _TABLES = """
 SELECT c.oid, n.nspname, c.relname,

@@ -35,8 +35,8 @@ from ..errors import ProvisionError, ReadyTimeout, UnsafeTarget
 from ..wait import wait_for
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint, RedisEndpoint
     from ..config import Config
+    from ..services import PostgresEndpoint, RedisEndpoint
 
 log = logging.getLogger("envkit")
 

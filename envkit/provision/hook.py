@@ -25,7 +25,7 @@ from ..errors import SeedError
 from .migrate import _isolated, import_target
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint
+    from ..services import PostgresEndpoint
 
 
 def run(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> None:

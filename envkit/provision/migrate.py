@@ -12,41 +12,72 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import io
 import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
+from ..environ import Patch
 from ..errors import CommandFailed, MigrationFailed
 from ..proc import run
 from .database import connect, guard_with
+from .sources import module_exists, module_files, relative, tree
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint
+    from ..services import PostgresEndpoint
 
 log = logging.getLogger("envkit")
 
+Apply = Callable[[Config, "PostgresEndpoint", Mapping[str, str]], str]
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What ``envkit doctor`` reports for a kind; a finding that names a ``fix`` is one "ready" needs."""
+
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class MigrationKind:
+    """One value of ``migrations.kind``: everything the rest of envkit needs to know about it."""
+
+    name: str
+    apply: Apply | None  # migrate, returning a one-line description; None: there is nothing to apply
+    files: Callable[[Config], list[Path]]  # what decides the result: hashed into the snapshot key and the staleness check
+    check: Callable[[Config], Readiness]  # for envkit doctor
+    cacheable: bool = True  # its files decide its result, so a snapshot may stand in for running it
+
 
 def kind_of(config: Config) -> str:
+    """The kind that runs: ``auto`` is alembic when alembic.ini exists, else none."""
     kind = config.migrations.kind
     if kind == "auto":
         return "alembic" if config.path(config.migrations.alembic_ini).is_file() else "none"
     return kind
 
 
+def kind_for(config: Config) -> MigrationKind:
+    """The record of the kind that runs."""
+    return KINDS[kind_of(config)]
+
+
 def migrate(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> str:
     """Apply the configured migrations; returns a one-line description."""
-    kind = kind_of(config)
-    if kind == "none":
+    apply = kind_for(config).apply
+    if apply is None:
         return "no migrations configured"
     guard_with(config, pg, pg.database, "migrate")
-    runner = {"alembic": _alembic, "sql": _sql, "metadata": _metadata, "command": _command}[kind]
-    return runner(config, pg, env)
+    return apply(config, pg, env)
 
 
 def _alembic(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> str:
@@ -143,6 +174,67 @@ def _command(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> st
     return f"ran {' '.join(argv)}"
 
 
+def _alembic_files(config: Config) -> list[Path]:
+    ini = config.path(config.migrations.alembic_ini)
+    return [ini, *tree(_alembic_scripts(ini))] if ini.is_file() else []
+
+
+def _alembic_scripts(ini: Path) -> Path:
+    import configparser
+
+    parser = configparser.ConfigParser(defaults={"here": str(ini.parent)})
+    parser.read(ini)
+    location = parser.get("alembic", "script_location", fallback="migrations")
+    return (ini.parent / location).resolve()
+
+
+def _alembic_ready(config: Config) -> Readiness:
+    ini = config.path(config.migrations.alembic_ini)
+    if importlib.util.find_spec("alembic") is None:
+        return Readiness(False, "alembic is not importable", "pip install alembic")
+    if not ini.is_file():
+        return Readiness(False, f"{ini} does not exist", "fix migrations.alembic_ini")
+    import alembic
+
+    return Readiness(True, f"alembic {alembic.__version__}, {relative(ini, config.root)}")
+
+
+def _directory_files(config: Config) -> list[Path]:
+    return tree(config.path(config.migrations.directory))
+
+
+def _sql_ready(config: Config) -> Readiness:
+    folder = config.path(config.migrations.directory)
+    ok = folder.is_dir()
+    count = len(list(folder.glob("*.sql"))) if ok else 0
+    return Readiness(ok, f"{count} SQL files in {relative(folder, config.root)}" if ok else f"{folder} does not exist",
+                     "create it or fix migrations.directory")
+
+
+def _metadata_files(config: Config) -> list[Path]:
+    target = config.migrations.target
+    return module_files(target.split(":")[0], config.root) if target else []
+
+
+def _metadata_ready(config: Config) -> Readiness:
+    found = module_exists((config.migrations.target or "").partition(":")[0], config.root)
+    return Readiness(found, f"target {config.migrations.target}" + ("" if found else ": module not found"),
+                     "use migrations.target = 'package.module:attr', importable from the project root")
+
+
+#: Every value of ``migrations.kind`` but auto, by name (the names are :data:`envkit.registry.MIGRATION_KINDS`).
+KINDS: dict[str, MigrationKind] = {k.name: k for k in (
+    MigrationKind("none", None, lambda config: [],
+                  lambda config: Readiness(True, "none configured (set migrations.kind, or add alembic.ini)")),
+    MigrationKind("alembic", _alembic, _alembic_files, _alembic_ready),
+    MigrationKind("sql", _sql, _directory_files, _sql_ready),
+    MigrationKind("metadata", _metadata, _metadata_files, _metadata_ready),
+    # an arbitrary command's effect cannot be fingerprinted; its folder still tells a stale environment
+    MigrationKind("command", _command, _directory_files,
+                  lambda config: Readiness(True, f"command: {' '.join(config.migrations.command)}"), cacheable=False),
+)}
+
+
 def import_target(target: str) -> Any:
     module, _, attr = target.partition(":")
     if not module or not attr:
@@ -156,7 +248,7 @@ def import_target(target: str) -> Any:
 @contextlib.contextmanager
 def _isolated(env: Mapping[str, str], cwd: Path, root: Path) -> Iterator[None]:
     """Run user code with the environment's variables, then put the process back as it was."""
-    saved_env = {k: os.environ.get(k) for k in env}
+    environ = Patch()
     saved_cwd = os.getcwd()
     saved_path = list(sys.path)
     manager = logging.Logger.manager
@@ -164,7 +256,7 @@ def _isolated(env: Mapping[str, str], cwd: Path, root: Path) -> Iterator[None]:
     saved_root = (list(logging.root.handlers), logging.root.level)
     envkit_logger = logging.getLogger("envkit")
     saved_envkit = (list(envkit_logger.handlers), envkit_logger.level, envkit_logger.propagate)
-    os.environ.update(env)
+    environ.set(env)
     sys.path.insert(0, str(root))
     os.chdir(cwd)
     try:
@@ -172,11 +264,7 @@ def _isolated(env: Mapping[str, str], cwd: Path, root: Path) -> Iterator[None]:
     finally:
         os.chdir(saved_cwd)
         sys.path[:] = saved_path
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        environ.restore()
         for name, lg in manager.loggerDict.items():
             if isinstance(lg, logging.Logger):
                 lg.disabled = saved_disabled.get(name, False)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..backends.base import RedisEndpoint
+    from ..services import RedisEndpoint
 
 log = logging.getLogger("envkit")
 

@@ -26,7 +26,7 @@ from ..state import write_private
 from .database import connect, guard_with
 
 if TYPE_CHECKING:
-    from ..backends.base import PostgresEndpoint
+    from ..services import PostgresEndpoint
 
 log = logging.getLogger("envkit")
 

@@ -24,9 +24,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..proc import alive
-from ..state import STATE_FILE, Session
+from ...config import Config
+from ...proc import alive
+from ...state import STATE_FILE, Session
 
 log = logging.getLogger("envkit")
 

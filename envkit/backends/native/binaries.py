@@ -38,9 +38,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..distribution import EMBEDDED_HINT
-from ..errors import BinaryNotFound, EnvkitError
-from ..proc import SERVICE_USER, RunAs, run, which
+from ...distribution import EMBEDDED_HINT
+from ...errors import BinaryNotFound, EnvkitError
+from ...proc import SERVICE_USER, RunAs, run, which
 
 log = logging.getLogger("envkit")
 

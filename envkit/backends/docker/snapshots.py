@@ -34,13 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import cache
-from ..config import Config
-from ..errors import EnvkitError
-from ..proc import reading, run
-from ..render import initdb_args, template_dirs
-from ..state import write_private
-from .base import PostgresEndpoint
+from ... import cache
+from ...config import Config
+from ...errors import EnvkitError
+from ...proc import reading, run
+from ...services import PostgresEndpoint
+from ...state import write_private
+from .render import initdb_args, template_dirs
 
 log = logging.getLogger("envkit")
 

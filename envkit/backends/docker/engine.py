@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ..errors import BackendUnavailable, CommandFailed
-from ..proc import run
+from ...errors import BackendUnavailable, CommandFailed
+from ...proc import run
 
 log = logging.getLogger("envkit")
 

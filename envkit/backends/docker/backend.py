@@ -17,25 +17,24 @@ import dataclasses
 import logging
 import re
 import secrets
-import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .. import cache, ports, progress, watchdog
-from .. import render as render_module
-from ..config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
-from ..errors import BackendUnavailable, PortInUse, ServiceFailed, TeardownIncomplete
-from ..exports import render as render_exports
-from ..proc import run
-from ..render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
-from ..services import ServiceSpec, specs
-from ..state import Session, write_private
+from ... import cache, ports, progress, watchdog
+from ...config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ...errors import BackendUnavailable, PortInUse, ServiceFailed, TeardownIncomplete
+from ...proc import run
+from ...services import PostgresEndpoint, RedisEndpoint, ServiceSpec, specs
+from ...services import redis as redis_service
+from ...services.user import endpoint
+from ...state import Session, write_private
+from ..base import Running
 from . import containers, engine, reaper, snapshots
-from .base import PostgresEndpoint, RedisEndpoint, Running
-from .native import ping_redis
+from . import render as render_module
+from .render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
 
 log = logging.getLogger("envkit")
 
@@ -51,7 +50,7 @@ class ComposeBackend:
     name: ClassVar[str] = "docker"
 
     # -- start -------------------------------------------------------------
-    def start(self, config: Config, session: Session, stack: ExitStack, key: str | None) -> Running:
+    def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
         where = engine.locate(config.environ, config.host)
         pool = ThreadPoolExecutor(1)
         connecting = pool.submit(engine.client, where, config.environ)  # the SDK is imported while compose starts things
@@ -71,16 +70,16 @@ class ComposeBackend:
 
             password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
             docs = engine.Inspector(where, connecting)
-            snapshot = self._find_snapshot(config, session, docs, key)
+            cached = self._find_snapshot(config, session, docs, snapshot)
             plan, movable = self._plan(config, session, where, docs, password)
-            if snapshot:
+            if cached:
                 plan = dataclasses.replace(plan, entrypoints={"postgres": snapshots.waiting_entrypoint(
-                    snapshot.entrypoint, config.timeout)})
+                    cached.entrypoint, config.timeout)})
             text = render(config, plan)
-            if snapshot and not (snapshot.builtin_template or _waits(text)):
+            if cached and not (cached.builtin_template or _waits(text)):
                 log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
                             "own services/postgres.yml.j2); starting without the cached snapshot")
-                snapshot, plan = None, dataclasses.replace(plan, entrypoints={})
+                cached, plan = None, dataclasses.replace(plan, entrypoints={})
                 text = render(config, plan)
             write_private(compose_file, text)
             for service in _services(config, user):
@@ -94,10 +93,10 @@ class ComposeBackend:
         session.resources["containers"] = found
         session.save()
         restored = None  # the restored snapshot's superuser password
-        if snapshot:  # the container waits for its data: the critical path
+        if cached:  # the container waits for its data: the critical path
             progress.note("postgres", "restoring the migrated and seeded snapshot")
-            restored = snapshots.restore(snapshot.docker, engine.compose_env(config.environ), found["postgres"],
-                                         snapshot.entry, snapshot.pgdata, session.users_file)
+            restored = snapshots.restore(cached.docker, engine.compose_env(config.environ), found["postgres"],
+                                         cached.entry, cached.pgdata, session.users_file)
         try:  # while the containers start: environments of envkit processes that were killed, on this engine and host
             reaper.prune(client)
         except Exception as exc:  # noqa: BLE001 - reaping others must never stop this run
@@ -160,7 +159,7 @@ class ComposeBackend:
                                                                     where, taken)}
             tmpfs["redis"] = tmpfs_paths(_image_paths(docs, config.redis.image)[1] or [], "/data")
         for spec in specs(config):
-            plan_ports[spec.name] = {p: None for p in spec.ports}
+            plan_ports[spec.name] = {p: None for p in spec.ports.values()}
         modern = docs.at_least("1.44")  # Docker 25: start_interval, so checks are fast early and rare later
         health = Health(interval="1s" if modern else "250ms", start_interval="100ms" if modern else None,
                         start_period=f"{max(int(config.timeout), 1)}s")
@@ -226,31 +225,27 @@ class ComposeBackend:
         if config.redis.enabled:
             watch = containers.Watch("redis", found["redis"], probe_suffices=True)
             redis_port = containers.host_port(api, watch, REDIS_CONTAINER_PORT, compose_file)
-            watch.probe = lambda: ping_redis(host, redis_port)
+            watch.probe = lambda: redis_service.ping(host, redis_port)
             watches.append(watch)
         published = {}
         for spec in user:
             watch = containers.Watch(spec.name, found[spec.name])
-            published[spec.name] = {p: containers.host_port(api, watch, p, compose_file) for p in spec.ports}
+            published[spec.name] = {n: containers.host_port(api, watch, p, compose_file) for n, p in spec.ports.items()}
             watch.probe = _user_probe(api, found[spec.name], spec, host, published[spec.name])
             watches.append(watch)
         containers.wait_all(api, watches, config.timeout, compose_file)
 
         if pg:
-            running.postgres = dataclasses.replace(pg, version=facts.get("postgres", ""))
+            running.services["postgres"] = dataclasses.replace(pg, version=facts.get("postgres", ""))
             session.info["postgres"] = {"image": config.postgres.image, "version": facts.get("postgres", ""),
                                         "container": found["postgres"][:12]}
         if config.redis.enabled:
-            version = _redis_version(host, redis_port)
-            running.redis = RedisEndpoint(host, redis_port, config.redis.db, version=version)
+            version = redis_service.version(host, redis_port)
+            running.services["redis"] = RedisEndpoint(host, redis_port, config.redis.db, version=version)
             session.info["redis"] = {"image": config.redis.image, "version": version, "container": found["redis"][:12]}
         for spec in user:
-            mapping = published[spec.name]
-            ctx = {"host": host, "port": next(iter(mapping.values()), None), "ports": mapping, "service": spec.name,
-                   "project": config.project, "vars": spec.vars}
-            info: dict[str, Any] = {k: v for k, v in ctx.items() if k not in ("project", "vars")}
-            info["exports"] = render_exports(spec.exports, ctx, f"{config.source} [services.{spec.name}]")
-            running.extra[spec.name] = info
+            running.services[spec.name] = endpoint(spec, host, published[spec.name], config.project)
+            session.info[spec.name] = {"image": spec.image or spec.template, "container": found[spec.name][:12]}
         session.save()
         return running
 
@@ -439,27 +434,19 @@ def _postgres_probe(pg: PostgresEndpoint, facts: dict[str, str]) -> Any:
     return probe
 
 
-def _user_probe(api: Any, container: str, spec: ServiceSpec, host: str, published: dict[int, int]) -> Any:
+def _user_probe(api: Any, container: str, spec: ServiceSpec, host: str, published: dict[str, int]) -> Any:
     probe = spec.probe
     if probe.kind == "tcp":
-        return lambda: containers.tcp_probe(host, published[probe.port or 0])
+        return lambda: containers.tcp_probe(host, published[spec.port_of(probe.port)])
     if probe.kind == "http":
-        return lambda: containers.http_probe(host, published[probe.port or 0], probe.target)
+        return lambda: containers.http_probe(host, published[spec.port_of(probe.port)], probe.target)
     if probe.kind == "command":
         return lambda: containers.command_probe(api, container, probe.target)
     if probe.kind == "log":
         return lambda: containers.log_probe(api, container, probe.target)
+    if not spec.template and spec.ports:  # an image envkit rendered has no health check: its first port decides
+        return lambda: containers.tcp_probe(host, published[spec.port_of(None)])
     return None  # "health": the container's own health check decides
-
-
-def _redis_version(host: str, port: int) -> str:
-    try:
-        with socket.create_connection((host, port), timeout=1) as sock:
-            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
-            found = re.search(rb"redis_version:([\d.]+)", sock.recv(4096))
-    except OSError:
-        return ""
-    return found.group(1).decode() if found else ""
 
 
 def prune(config: Config, *, dry_run: bool = False) -> list[str]:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import progress
-from ..errors import ReadyTimeout, ServiceExited, ServiceFailed
-from ..wait import wait_for
+from ... import progress
+from ...errors import ReadyTimeout, ServiceExited, ServiceFailed
+from ...services import probes
+from ...wait import wait_for
 
 log = logging.getLogger("envkit")
 
@@ -193,29 +193,11 @@ def diagnose(api: Any, service: str, container: str) -> str:
 # -- probes (host side, or in the container) -------------------------------------
 
 def tcp_probe(host: str, port: int) -> bool:
-    """A TCP port that accepts and then stays open.
-
-    Docker's port proxy accepts every connection and closes it at once while
-    nothing listens in the container, so an accepted connection alone proves
-    nothing: an immediate EOF means "not yet".
-    """
-    with socket.create_connection((host, port), timeout=1) as sock:
-        sock.settimeout(0.15)
-        try:
-            return sock.recv(1) != b""
-        except TimeoutError:
-            return True
+    """A published port that accepts and then stays open (see :func:`envkit.services.probes.tcp`)."""
+    return probes.tcp(host, port, stays_open=True)
 
 
-def http_probe(host: str, port: int, path: str) -> bool:
-    import http.client
-
-    conn = http.client.HTTPConnection(host, port, timeout=2)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().status < 400
-    finally:
-        conn.close()
+http_probe = probes.http
 
 
 def command_probe(api: Any, container: str, argv: list[str]) -> bool:

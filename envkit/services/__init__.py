@@ -1,0 +1,46 @@
+"""What runs: the services, one module each, whatever backend runs them.
+
+    postgres   built in (envkit.services.postgres): endpoint, ports, exports
+    redis      built in (envkit.services.redis)
+    [services.NAME]  user-defined, or one of the shipped recipes (envkit.services.user)
+
+A backend (``envkit.backends``) decides *how* they run and never branches on a
+user service's name: it reads the :class:`ServiceSpec`. Every backend hands
+back endpoints, typed records that the state file keeps as they are
+(:func:`record` / :func:`from_record`), so no layer re-parses an exported string.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .postgres import PostgresEndpoint
+from .redis import RedisEndpoint
+from .user import Probe, ServiceEndpoint, ServiceSpec, recipes, specs, unsupported, waves
+
+__all__ = ["BUILTIN", "Endpoint", "PostgresEndpoint", "Probe", "RedisEndpoint", "ServiceEndpoint", "ServiceSpec",
+           "from_record", "recipes", "record", "specs", "unsupported", "waves"]
+
+Endpoint = PostgresEndpoint | RedisEndpoint | ServiceEndpoint
+
+#: The built-in services, by name: their module and endpoint type.
+BUILTIN: dict[str, type[PostgresEndpoint] | type[RedisEndpoint]] = {"postgres": PostgresEndpoint, "redis": RedisEndpoint}
+
+
+def record(endpoints: dict[str, Endpoint]) -> dict[str, dict[str, Any]]:
+    """The endpoints as the state file keeps them."""
+    return {name: ep.record() for name, ep in endpoints.items()}
+
+
+def from_record(records: dict[str, dict[str, Any]], admin_url: str | None = None) -> dict[str, Endpoint]:
+    """The endpoints a state file recorded; ``admin_url`` is the backend's superuser URL for postgres, if it has one."""
+    out: dict[str, Endpoint] = {}
+    for name, data in records.items():
+        kind = data.get("kind")
+        if kind == "postgres":
+            out[name] = PostgresEndpoint.from_record(data, admin_url)
+        elif kind == "redis":
+            out[name] = RedisEndpoint.from_record(data)
+        elif kind == "service":
+            out[name] = ServiceEndpoint.from_record(data)
+    return out

@@ -1,0 +1,132 @@
+"""PostgreSQL, built in: its ports, endpoint, exports and template values.
+
+How it runs is each backend's business (a cluster from initdb or the cache
+natively, the official image's entrypoint in a container, somebody's server
+externally); what it *is* lives here, once: the port inside a container, the
+port envkit prefers on the host, the endpoint every layer passes on, and the
+variables tests see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+NAME = "postgres"
+CONTAINER_PORT = 5432
+DEFAULT_PORT = 5433  # on the host: beside a developer's own server on 5432
+TEMPLATE = "services/postgres.yml.j2"  # the compose partial
+EXPORTS = ("DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")
+
+
+@dataclass(frozen=True)
+class PostgresEndpoint:
+    """A PostgreSQL server and the credentials tests use on it."""
+
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)  # never in a repr: tracebacks end up in CI logs
+    database: str
+    admin_url: str = field(repr=False)  # a superuser connection (libpq URL) used to create roles and databases
+    owned: bool = True  # envkit started this server: it may create and drop anything on it
+    version: str = ""
+
+    kind = NAME
+
+    def url(self, driver: str | None = "psycopg", database: str | None = None) -> str:
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        return f"{scheme}://{auth}@{bracket(self.host)}:{self.port}/{quote(database or self.database, safe='')}"
+
+    def libpq(self, database: str | None = None) -> str:
+        return self.url(driver=None, database=database)
+
+    def exports(self) -> dict[str, str]:
+        """``DATABASE_URL`` (SQLAlchemy, psycopg 3) and libpq's ``PG*``, so ``psql`` needs no arguments."""
+        return {"DATABASE_URL": self.url(), "PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user,
+                "PGPASSWORD": self.password, "PGDATABASE": self.database}
+
+    def context(self, async_driver: str = "asyncpg") -> dict[str, Any]:
+        """``{{ postgres.* }}`` in ``[env]`` templates; ``async_url`` uses ``async_driver``."""
+        return {"host": self.host, "port": self.port, "user": self.user, "password": self.password,
+                "database": self.database, "url": self.url(), "libpq_url": self.libpq(),
+                "async_url": self.url(async_driver), "asyncpg_url": self.url("asyncpg"),
+                "psycopg_async_url": self.url("psycopg_async")}
+
+    def record(self) -> dict[str, Any]:
+        """What the state file keeps (the admin URL is the backend's: recorded in its resources)."""
+        return {"kind": NAME, "host": self.host, "port": self.port, "user": self.user, "password": self.password,
+                "database": self.database, "owned": self.owned, "version": self.version}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any], admin_url: str | None = None) -> PostgresEndpoint:
+        pg = cls(host=data["host"], port=int(data["port"]), user=data["user"], password=data.get("password", ""),
+                 database=data["database"], admin_url="", owned=bool(data.get("owned", True)),
+                 version=data.get("version", ""))
+        # creating databases: the external backend's admin URL; on servers envkit started the app role is a superuser
+        return _replace(pg, admin_url=admin_url or pg.libpq("postgres"))
+
+
+def bracket(host: str) -> str:
+    """An IPv6 address in brackets, for URLs."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _replace(pg: PostgresEndpoint, **changes: Any) -> PostgresEndpoint:
+    import dataclasses
+
+    return dataclasses.replace(pg, **changes)
+
+
+#: The superuser of a cluster envkit initialises itself (native).
+SUPERUSER = "postgres"
+#: Settings for a throwaway server: nothing needs to survive a crash.
+THROWAWAY = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+#: Immediate shutdown: skips the shutdown checkpoint of data about to be deleted.
+STOP_SIGNAL = "SIGQUIT"
+
+
+def initdb_args(initdb: str, data: str, major: int) -> list[str]:
+    """A cluster for tests: trust on the socket, passwords over TCP, no fsync while it is made."""
+    args = [initdb, "-D", data, "-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync",
+            "--auth-local=trust", "--auth-host=scram-sha-256"]
+    # 1 MB WAL segments instead of 16: every cluster copy (cache, snapshot, each start) moves 15 MB less
+    return args + (["--wal-segsize=1"] if major >= 11 else []) + (["--no-instructions"] if major >= 14 else [])
+
+
+def native_settings(host: str, port: int, socket_dir: str, extra: dict[str, str]) -> dict[str, str]:
+    """The server's settings as a local process: one address, its socket in the run directory, nothing durable."""
+    return {
+        "listen_addresses": host,
+        "port": str(port),
+        "unix_socket_directories": socket_dir,
+        **THROWAWAY,
+        "timezone": "UTC",
+        "log_timezone": "UTC",
+        "jit": "off",
+        "dynamic_shared_memory_type": "mmap",  # in the data directory on tmpfs, not /dev/shm/PostgreSQL.*: a killed server leaves nothing
+        **extra,
+    }
+
+
+def server_argv(postgres: str, data: str, settings: dict[str, str]) -> list[str]:
+    argv = [postgres, "-D", data]
+    for key, value in settings.items():
+        argv += ["-c", f"{key}={value}"]
+    return argv
+
+
+def admin_socket_url(socket_dir: str, port: int) -> str:
+    """The superuser over the server's unix socket (trust: only this machine's users reach it)."""
+    return f"host={socket_dir} port={port} user={SUPERUSER} dbname=postgres"
+
+
+def password(configured: str | None) -> str:
+    """The environment's password: the configured one, else a fresh one (URL-safe: it goes into URLs)."""
+    import secrets
+
+    return configured or secrets.token_urlsafe(18)
