@@ -8,7 +8,8 @@ is missing, builds ``tests/standin/<recipe>/Dockerfile`` under that exact name f
   official one is;
 - chroma: the chromadb wheel's Rust bindings (the ``chroma`` server) on Debian's Python 3.11, on the
   provisioned base image (``envkit-standin/base:bookworm``, from ``../shared/docker/provision.sh``);
-- rabbitmq: Debian's rabbitmq-server with its Erlang, on the same base image.
+- rabbitmq: Debian's rabbitmq-server with its Erlang, on the same base image;
+- mariadb: Debian's mariadbd, mariadb-install-db and mariadb client, on the same base image.
 
 Debian packages are copied as this machine installed them (``dpkg -L``), with every dependency the base
 image lacks. Each stand-in follows its official image's contract (entrypoint and arguments, ports, user,
@@ -43,13 +44,14 @@ PROVISION = "run ../shared/docker/provision.sh as root (it imports the base imag
 PACKAGES = {
     "chroma": ["python3.11-minimal", "libpython3.11-stdlib", "tini"],
     "rabbitmq": ["rabbitmq-server"],
+    "mariadb": ["mariadb-server-core", "mariadb-client-core"],
 }
 # Dependencies a stand-in does not need: package maintainer tooling, and python3 (rabbitmq-server's
 # Depends names it for a helper script the server never runs).
 SKIP = {"adduser", "logrotate", "lsb-base", "init-system-helpers", "debconf", "python3", "python3-minimal",
         "perl-base", "dpkg", "passwd", "libpam-runtime"}
-# Machine-specific configuration that must not enter an image (the host's own broker's settings).
-SKIP_PATHS = ("/etc/rabbitmq/", "/usr/share/doc/", "/usr/share/man/", "/usr/share/lintian/")
+# Machine-specific configuration that must not enter an image (the host's own broker's and database server's settings).
+SKIP_PATHS = ("/etc/rabbitmq/", "/etc/mysql/", "/usr/share/doc/", "/usr/share/man/", "/usr/share/lintian/")
 
 
 def recipe_image(recipe: str) -> str:
@@ -133,7 +135,17 @@ def _rabbitmq(context: Path) -> str:
     return f"Debian's rabbitmq-server and Erlang ({_count(files)} packages) on {BASE}"
 
 
-_CONTEXT = {"temporal": _temporal, "chroma": _chroma, "rabbitmq": _rabbitmq}
+def _mariadb(context: Path) -> str:
+    _need_base()
+    if not Path("/usr/sbin/mariadbd").exists():
+        raise RuntimeError("standin: mariadb needs Debian's mariadb-server installed here (apt-get install mariadb-server)")
+    files = _package_files(PACKAGES["mariadb"])
+    with tarfile.open(context / "rootfs.tar", "w") as tar:
+        _add(tar, files)
+    return f"Debian's mariadbd and mariadb client ({_count(files)} packages) on {BASE}"
+
+
+_CONTEXT = {"temporal": _temporal, "chroma": _chroma, "rabbitmq": _rabbitmq, "mariadb": _mariadb}
 
 
 def _find(name: str, hint: str) -> str:

@@ -42,7 +42,7 @@ def containers(config: Config, password: str) -> list[Container[Any]]:
 def password(config: Config, fallback: str | None = None) -> str:
     """The environment's password, which services that take one use: the configured ``postgres.password``,
     else ``fallback``, else a fresh random one."""
-    return postgres.environment_password(config, fallback)
+    return postgres.password(config.postgres.password or fallback)
 
 
 def record(endpoints: dict[str, Endpoint]) -> dict[str, dict[str, Any]]:

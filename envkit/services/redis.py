@@ -76,6 +76,26 @@ def version(host: str, port: int) -> str:
     return found.group(1).decode() if found else ""
 
 
+def native_argv(binary: str, port: int, host: str, workdir: str, version: str) -> list[str]:
+    """A local server on ``host:port`` that keeps nothing on disk, in the foreground."""
+    argv = [binary, "--port", str(port), "--bind", host, "--save", "", "--appendonly", "no", "--dir", workdir,
+            "--daemonize", "no"]
+    if _at_least(version, (6, 2)):
+        # a proc title overwrites /proc/<pid>/environ, and with it the ENVKIT_SESSION marker that
+        # lets `envkit down` (another process) recognise this Redis and stop it
+        argv += ["--set-proc-title", "no"]
+    return argv
+
+
+#: The container's command: nothing kept on disk (the data is thrown away with the container anyway).
+CONTAINER_COMMAND = ("redis-server", "--save", "", "--appendonly", "no")
+
+
+def _at_least(version: str, wanted: tuple[int, ...]) -> bool:
+    parts = tuple(int(p) for p in version.split(".")[:len(wanted)] if p.isdigit())
+    return len(parts) == len(wanted) and parts >= wanted
+
+
 # -- in a container ------------------------------------------------------------
 def container(config: Config, password: str) -> Container[RedisEndpoint] | None:
     """The official image (or one like it) as a container backend runs it; None when disabled. envkit's Redis
@@ -92,7 +112,7 @@ def container(config: Config, password: str) -> Container[RedisEndpoint] | None:
 
 def compose_values(config: Config) -> dict[str, Any]:
     """What ``services/redis.yml.j2`` renders with: a server that never writes its data to disk."""
-    return {"command": ["redis-server", "--save", "", "--appendonly", "no"]}
+    return {"command": list(CONTAINER_COMMAND)}
 
 
 def ready(endpoint: RedisEndpoint) -> RedisEndpoint | None:

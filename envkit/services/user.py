@@ -26,10 +26,10 @@ import re
 import shutil
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ..config import Config
 from ..errors import BackendUnavailable, ConfigError
@@ -114,12 +114,23 @@ def _ordered(found: list[ServiceSpec]) -> list[ServiceSpec]:
     return out
 
 
-def waves(user: list[ServiceSpec]) -> list[list[ServiceSpec]]:
-    """The services in groups that may start side by side: each group needs only the groups before it."""
+class _Ordered(Protocol):
+    name: str
+    depends_on: tuple[str, ...]
+
+
+T = TypeVar("T", bound=_Ordered)
+
+
+def waves(user: Sequence[T]) -> list[list[T]]:
+    """The services in groups that may start side by side: each group needs only the groups before it.
+
+    ``user`` is in dependency order (:func:`specs`); a name it depends on but does not hold is started already.
+    """
     level: dict[str, int] = {}
-    for spec in user:  # ordered: dependencies first
-        level[spec.name] = max((level.get(d, -1) + 1 for d in spec.depends_on if d in level), default=0)
-    groups: dict[int, list[ServiceSpec]] = {}
+    for spec in user:
+        level[spec.name] = max((level[d] + 1 for d in spec.depends_on if d in level), default=0)
+    groups: dict[int, list[T]] = {}
     for spec in user:
         groups.setdefault(level[spec.name], []).append(spec)
     return [groups[k] for k in sorted(groups)]
@@ -165,7 +176,7 @@ def _spec(name: str, table: Any, source: str) -> ServiceSpec:
         raise ConfigError(f"{source}: unknown key {key}.{unknown[0]}{hint}")
     if "recipe" in table:
         base = recipe(table["recipe"], where)
-        merged = {**base, **{k: v for k, v in table.items() if k != "recipe"}}
+        merged = {**base, **table}  # keeps `recipe`: doctor and status name it
         for sub in ("exports", "environment", "vars"):
             if isinstance(base.get(sub), dict) and isinstance(table.get(sub), dict):
                 merged[sub] = {**base[sub], **table[sub]}

@@ -76,7 +76,7 @@ def entry_key(config: Config, image: dict[str, Any], pgdata: str, template_text:
     """The cache entry for this project's snapshot on this image and postgres template."""
     digest = hashlib.sha256()
     cfg = image.get("Config") or {}
-    for part in (image.get("Id", ""), pgdata, json.dumps(cfg.get("Entrypoint")), postgres.initdb_args(config.postgres.image),
+    for part in (image.get("Id", ""), pgdata, json.dumps(cfg.get("Entrypoint")), postgres.image_initdb_args(config.postgres.image),
                  template_text):
         digest.update(str(part).encode() + b"\0")
     return f"docker-{digest.hexdigest()[:12]}-{key}"

