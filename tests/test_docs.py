@@ -8,7 +8,11 @@ How each block is taken, by its language and an optional HTML comment on the lin
 - ``yaml``: a workflow in docs/workflows (run step by step by tests/test_workflows.py, which also keeps the
   copy in the guide in sync), or a service template rendered here with the ``toml`` block that names it.
 - ``toml``: loaded by envkit's own configuration loader in a sandbox project (unknown keys and wrong types
-  are errors there); ``[tool.envkit]`` as pyproject.toml, the rest as envkit.toml.
+  are errors there), its ``[services.NAME]`` tables checked as a start would check them; ``[tool.envkit]`` as
+  pyproject.toml, the rest as envkit.toml. A block whose services all run natively is also brought up on the
+  native backend, and every export of its services must be set.
+- ``<!-- excerpt: PATH -->`` before a block: a verbatim part of the file PATH in the repository (a walk-through
+  of a shipped file); checked to be there, character for character, so the text cannot drift from the file.
 - ``python``: executed, and the hook it defines called.
 - ``sh``: a block of ``make`` lines is run as ``make -n`` in the repository (each target exists and
   expands; `make test` itself is CI's entry point); any other block runs with bash -e in a copy of
@@ -35,6 +39,7 @@ import pytest
 from conftest import REPO, Project, need
 
 import envkit
+from envkit import services
 from envkit.backends import docker_reachable
 from envkit.ports import free_port
 
@@ -42,7 +47,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), REPO / "exam
         REPO / "bench" / "README.md"]
 VENV_BIN = Path(sys.executable).parent
 FENCE = re.compile(r"^```([\w-]*)[^\n]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-MARKER = re.compile(r"<!--\s*(output|not run:\s*(?P<reason>.*?))\s*-->\s*$", re.DOTALL)
+MARKER = re.compile(r"<!--\s*(output|not run:\s*(?P<reason>.*?)|excerpt:\s*[\w./-]+)\s*-->\s*$", re.DOTALL)
 WORKFLOW_TEXTS = {p.read_text() for p in (REPO / "docs" / "workflows").glob("*.yml")}
 
 
@@ -64,6 +69,8 @@ class Block:
             return "output"
         if self.marker.startswith("not run"):
             return "not run"
+        if self.marker.startswith("excerpt:"):
+            return "excerpt"
         if self.lang == "sh" and all(line.startswith("make ") for line in _commands(self.text)):
             return "make"
         return self.lang
@@ -94,7 +101,7 @@ def of(how: str) -> list[Block]:
 
 def test_every_block_is_run_here_or_marked() -> None:
     assert len(BLOCKS) >= 15
-    known = {"output", "not run", "make", "sh", "toml", "yaml", "python"}
+    known = {"output", "not run", "excerpt", "make", "sh", "toml", "yaml", "python"}
     unknown = [f"{b.id} (```{b.lang or 'no language'})" for b in BLOCKS if b.how not in known]
     assert not unknown, (f"code blocks this test cannot run: {unknown}. Give each a language it runs (sh, toml, yaml, "
                          "python), mark a transcript ```console / ```text or <!-- output -->, or put "
@@ -132,6 +139,42 @@ def test_toml_blocks_are_valid_configuration(block: Block, tmp_path: Path) -> No
         (tmp_path / "envkit.toml").write_text(block.text)
     config = envkit.load_config(tmp_path, environ={})
     assert config.project
+    found = services.specs(config)  # [services.NAME]: keys, probes, ports, recipes, depends_on, as `envkit up` checks them
+    if any(s.image and not s.template for s in found):  # docker_command's and environment's placeholders render
+        from envkit.backends.docker.render import render, static_plan
+
+        assert "image:" in render(config, static_plan(config))
+
+
+def _natively_runnable(block: Block) -> bool:
+    if "[services." not in block.text or block.text.lstrip().startswith("[tool.envkit"):
+        return False
+    doc = tomllib.loads(block.text)
+    return all("command" in t or "recipe" in t for t in doc.get("services", {}).values())
+
+
+@pytest.mark.native
+@pytest.mark.parametrize("block", [b for b in of("toml") if _natively_runnable(b)], ids=lambda b: b.id)
+def test_service_blocks_run_natively(block: Block, project: Project) -> None:
+    """A configuration the docs show for services is brought up for real: each probe passes, each export is set."""
+    project.configure(block.text)  # the project's own ports ("auto") and cache: the text itself is unchanged
+    config = project.load(backend="native")
+    for spec in services.specs(config):
+        missing = services.unsupported(spec, "native", config.environ)
+        need(missing is None, f"{block.id}: {missing}")
+    with envkit.environment(config) as env:
+        for spec in services.specs(config):
+            for name in spec.exports:
+                assert env.exports.get(name), f"{block.id}: {spec.name} exports {name} empty"
+        for name in config.env:
+            assert env.exports.get(name), f"{block.id}: env.{name} empty"
+
+
+@pytest.mark.parametrize("block", of("excerpt"), ids=lambda b: b.id)
+def test_excerpts_are_verbatim_parts_of_their_files(block: Block) -> None:
+    path = REPO / block.marker.removeprefix("excerpt:").strip()
+    assert path.is_file(), f"{block.id}: excerpt of {path}, which does not exist"
+    assert block.text in path.read_text(), f"{block.id}: no longer a verbatim part of {path.relative_to(REPO)}: copy it again"
 
 
 def test_the_readme_configuration_reference_says_what_it_sets(tmp_path: Path) -> None:

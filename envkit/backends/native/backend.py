@@ -31,7 +31,7 @@ from ...errors import BackendUnavailable, CommandFailed, EnvkitError, ServiceExi
 from ...proc import RunAs, alive, marked, run, spawn, stop_groups, tail
 from ...services import postgres as postgres_service
 from ...services import redis as redis_service
-from ...services import specs, waves
+from ...services import password, specs, waves
 from ...state import Session
 from ...wait import wait_for
 from ..base import Running
@@ -375,5 +375,5 @@ def _cluster_key(bins: PgBinaries) -> str:
 
 def _password(session: Session, config: Config) -> str:
     """The environment's postgres password, made once and kept in the session (restarts keep it)."""
-    session.password = session.password or postgres_service.password(config.postgres.password)
+    session.password = session.password or password(config)
     return session.password
