@@ -29,9 +29,9 @@ from ... import cache, ports
 from ...config import Config, port_request
 from ...errors import BackendUnavailable, CommandFailed, EnvkitError, ServiceExited
 from ...proc import RunAs, alive, marked, run, spawn, stop_groups, tail
+from ...services import password, specs, waves
 from ...services import postgres as postgres_service
 from ...services import redis as redis_service
-from ...services import password, specs, waves
 from ...state import Session
 from ...wait import wait_for
 from ..base import Running
