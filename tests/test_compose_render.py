@@ -20,7 +20,9 @@ from conftest import IN_CI, Project, need
 
 from envkit import ConfigError, load_config
 from envkit.backends.docker import engine
-from envkit.backends.docker.render import Health, Plan, postgres_tmpfs, render, static_plan, tmpfs_paths
+from envkit.backends.docker.render import Health, Plan, render, static_plan
+from envkit.services.container import tmpfs_paths
+from envkit.services.postgres import tmpfs as postgres_tmpfs
 
 GOLDEN = Path(__file__).parent / "golden" / "docker-compose.test.yml"
 #: Everything Compose and YAML could mangle: interpolation, quotes, comments, mapping colons.
@@ -249,6 +251,35 @@ def test_disabled_services_are_not_rendered(project: Project) -> None:
     project.write("envkit.toml", 'project = "p"\n[redis]\nenabled = false\n')
     doc = yaml.safe_load(render(project.load(), static_plan(project.load())))
     assert list(doc["services"]) == ["postgres"]
+
+
+def test_every_service_is_one_record_and_a_lost_port_race_moves_only_a_chosen_port(project: Project,
+                                                                                     tmp_path: Path) -> None:
+    """The docker backend reads ports, template and data paths from each service's record; a port another run
+    took first moves (the file is rendered again) unless the config pinned it."""
+    from envkit import services
+    from envkit.backends.docker.backend import _Mover
+
+    project.write("envkit.toml", 'project = "p"\n[postgres]\nport = 6000\n[services.queue]\nimage = "q:1"\n'
+                                 'ports = [5672]\ndepends_on = ["redis"]\n')
+    config = project.load()
+    found = services.containers(config, "pw")
+    assert [c.name for c in found] == ["postgres", "redis", "queue"]
+    assert [(c.template, c.healthcheck, c.spec is None) for c in found] == [
+        ("services/postgres.yml.j2", True, True), ("services/redis.yml.j2", True, True), (None, False, False)]
+    assert {c.name for c in found if any(p.movable for p in c.ports.values())} == {"redis"}  # postgres is pinned
+    assert static_plan(config).ports == {"postgres": {5432: 6000}, "redis": {6379: 6380}, "queue": {5672: 5672}}
+
+    plan = Plan(labels={}, password="pw", ports={"postgres": {5432: 6000}, "redis": {6379: 6380}, "queue": {5672: None}})
+    compose_file = tmp_path / "dc.yml"
+    mover = _Mover(config, plan, {"redis"}, engine.locate({"HOME": str(tmp_path)}), compose_file)
+    assert not mover.move(6000) and not compose_file.exists()  # pinned: the error stands
+    assert mover.move(6380)
+    moved = mover.plan.ports["redis"][6379]
+    assert moved and moved != 6380 and mover.plan.ports["postgres"] == {5432: 6000}
+    doc = yaml.safe_load(compose_file.read_text())
+    assert doc["services"]["redis"]["ports"] == [f"127.0.0.1:{moved}:6379"]
+    assert doc["services"]["queue"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
 
 
 # -- engine discovery -----------------------------------------------------------

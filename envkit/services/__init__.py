@@ -5,7 +5,9 @@
     [services.NAME]  user-defined, or one of the shipped recipes (envkit.services.user)
 
 A backend (``envkit.backends``) decides *how* they run and never branches on a
-user service's name: it reads the :class:`ServiceSpec`. Every backend hands
+service's name: a container backend runs :func:`containers`, one
+:class:`~envkit.services.container.Container` record each; for a user service
+it reads the :class:`ServiceSpec`. Every backend hands
 back endpoints, typed records that the state file keeps as they are
 (:func:`record` / :func:`from_record`), so no layer re-parses an exported string.
 """
@@ -14,17 +16,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import Config
+from . import postgres, redis, user
+from .container import Container
 from .postgres import PostgresEndpoint
 from .redis import RedisEndpoint
 from .user import Probe, ServiceEndpoint, ServiceSpec, recipes, specs, unsupported, waves
 
-__all__ = ["BUILTIN", "Endpoint", "PostgresEndpoint", "Probe", "RedisEndpoint", "ServiceEndpoint", "ServiceSpec",
-           "from_record", "recipes", "record", "specs", "unsupported", "waves"]
+__all__ = ["BUILTIN", "Container", "Endpoint", "PostgresEndpoint", "Probe", "RedisEndpoint", "ServiceEndpoint",
+           "ServiceSpec", "containers", "from_record", "password", "recipes", "record", "specs", "unsupported", "waves"]
 
 Endpoint = PostgresEndpoint | RedisEndpoint | ServiceEndpoint
 
 #: The built-in services, by name: their module and endpoint type.
 BUILTIN: dict[str, type[PostgresEndpoint] | type[RedisEndpoint]] = {"postgres": PostgresEndpoint, "redis": RedisEndpoint}
+
+
+def containers(config: Config, password: str) -> list[Container[Any]]:
+    """What a container backend runs for ``config``: the enabled built-ins, then the user services, each after
+    what it depends on. ``password`` is the environment's (:func:`password`)."""
+    builtin = [found for module in (postgres, redis) if (found := module.container(config, password)) is not None]
+    return [*builtin, *(user.container(spec, config) for spec in specs(config))]
+
+
+def password(config: Config, fallback: str | None = None) -> str:
+    """The environment's password, which services that take one use: the configured ``postgres.password``,
+    else ``fallback``, else a fresh random one."""
+    return postgres.password(config.postgres.password or fallback)
 
 
 def record(endpoints: dict[str, Endpoint]) -> dict[str, dict[str, Any]]:

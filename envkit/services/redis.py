@@ -1,13 +1,15 @@
-"""Redis, built in: its ports, endpoint, readiness probe and exports."""
+"""Redis, built in: its ports, endpoint, readiness probe and exports, and how it runs in a container."""
 
 from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
 
+from ..config import Config
+from .container import Container, Port, tmpfs_paths
 from .postgres import bracket
 
 NAME = "redis"
@@ -15,6 +17,7 @@ CONTAINER_PORT = 6379
 DEFAULT_PORT = 6380
 TEMPLATE = "services/redis.yml.j2"
 EXPORTS = ("REDIS_URL",)
+DATA = "/data"  # the official image's working directory and VOLUME
 
 
 @dataclass(frozen=True)
@@ -91,3 +94,29 @@ CONTAINER_COMMAND = ("redis-server", "--save", "", "--appendonly", "no")
 def _at_least(version: str, wanted: tuple[int, ...]) -> bool:
     parts = tuple(int(p) for p in version.split(".")[:len(wanted)] if p.isdigit())
     return len(parts) == len(wanted) and parts >= wanted
+
+
+# -- in a container ------------------------------------------------------------
+def container(config: Config, password: str) -> Container[RedisEndpoint] | None:
+    """The official image (or one like it) as a container backend runs it; None when disabled. envkit's Redis
+    takes no password: ``password`` is not used."""
+    rd = config.redis
+    if not rd.enabled:
+        return None
+    return Container(NAME, rd.image, {NAME: Port(CONTAINER_PORT, DEFAULT_PORT, rd.port)},
+                     lambda host, ports: RedisEndpoint(host, ports[NAME], rd.db), TEMPLATE, compose_values(config),
+                     tmpfs=lambda env, volumes: tmpfs_paths(volumes or [], DATA), probe=ready,
+                     facts=lambda ep: {"image": rd.image, "version": ep.version}, healthcheck=True,
+                     setting="redis.image")
+
+
+def compose_values(config: Config) -> dict[str, Any]:
+    """What ``services/redis.yml.j2`` renders with: a server that never writes its data to disk."""
+    return {"command": list(CONTAINER_COMMAND)}
+
+
+def ready(endpoint: RedisEndpoint) -> RedisEndpoint | None:
+    """PONG (see :func:`ping`); the endpoint with the server's version."""
+    if not ping(endpoint.host, endpoint.port, endpoint.password):
+        return None
+    return replace(endpoint, version=version(endpoint.host, endpoint.port))

@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 from ..config import Config
 from ..errors import BackendUnavailable, ConfigError
+from .container import Container, Port
 
 PROBES = ("tcp", "http", "command", "log", "health")
 BUILTIN = ("postgres", "redis")
@@ -440,3 +441,13 @@ def endpoint(spec: ServiceSpec, host: str, host_ports: Mapping[str, int], projec
     ctx = context(spec, host, host_ports, project, **more)
     exports = {k: render(v, ctx, f"{spec.where} exports.{k}") for k, v in spec.exports.items()}
     return ServiceEndpoint(spec.name, host, dict(host_ports), exports, owned, dict(spec.ports))
+
+
+def container(spec: ServiceSpec, config: Config) -> Container[ServiceEndpoint]:
+    """``spec`` as a container backend runs it: its ports on host ports the engine picks, its exports rendered
+    once they are known; the backend renders its template or image and probes it as ``spec.probe`` says."""
+    return Container(spec.name, spec.image, {name: Port(port) for name, port in spec.ports.items()},
+                     lambda host, ports: endpoint(spec, host, ports, config.project), spec.template,
+                     facts=lambda ep: {"image": spec.image or spec.template or ""},
+                     setting=f"services.{spec.name}.template" if spec.template else f"services.{spec.name}.image",
+                     spec=spec)

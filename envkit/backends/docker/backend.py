@@ -5,6 +5,10 @@
     … teardown: compose down -v --remove-orphans, then remove whatever still
     carries the session's label
 
+Every stage runs one list of services (:func:`envkit.services.containers`),
+built-ins and user services alike, and reads what it needs from each record;
+the one exception is the postgres snapshot restore, behind :mod:`.snapshots`.
+
 Compose is always called with an explicit project name (``envkit-<session>``),
 ``-f`` and ``--project-directory``, in an environment without ``COMPOSE_*``,
 so neither the user's shell nor a ``.env`` can point it elsewhere. Waiting,
@@ -16,25 +20,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import secrets
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ... import cache, ports, progress, watchdog
-from ...config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from ... import ports, progress, services, watchdog
+from ...config import Config, port_request
 from ...errors import BackendUnavailable, PortInUse, ServiceFailed, TeardownIncomplete
 from ...proc import run
-from ...services import PostgresEndpoint, RedisEndpoint, ServiceSpec, specs
-from ...services import redis as redis_service
-from ...services.user import endpoint
+from ...services import Container, ServiceSpec
+from ...services.container import Port
 from ...state import Session, write_private
 from ..base import Running
 from . import containers, engine, reaper, snapshots
-from . import render as render_module
-from .render import PG_CONTAINER_PORT, PGDATA, REDIS_CONTAINER_PORT, Health, Plan, postgres_tmpfs, render, tmpfs_paths
+from .render import Health, Plan, render
 
 log = logging.getLogger("envkit")
 
@@ -56,7 +56,8 @@ class ComposeBackend:
         connecting = pool.submit(engine.client, where, config.environ)  # the SDK is imported while compose starts things
         try:
             cli = engine.compose_cli(config.environ)
-            user = specs(config)
+            password = session.info.setdefault("password", services.password(config))
+            listed = services.containers(config, password)  # a service the config gets wrong fails here, before anything
             compose_file = config.state_path / COMPOSE_FILE
             compose_file.unlink(missing_ok=True)  # a previous run's: teardown must not act on it
             session.resources.update(
@@ -68,105 +69,62 @@ class ComposeBackend:
             session.save()
             stack.callback(self.teardown, session)
 
-            password = session.info.setdefault("password", config.postgres.password or secrets.token_urlsafe(18))
             docs = engine.Inspector(where, connecting)
-            cached = self._find_snapshot(config, session, docs, snapshot)
-            plan, movable = self._plan(config, session, where, docs, password)
-            if cached:
-                plan = dataclasses.replace(plan, entrypoints={"postgres": snapshots.waiting_entrypoint(
-                    cached.entrypoint, config.timeout)})
-            text = render(config, plan)
-            if cached and not (cached.builtin_template or _waits(text)):
-                log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
-                            "own services/postgres.yml.j2); starting without the cached snapshot")
-                cached, plan = None, dataclasses.replace(plan, entrypoints={})
-                text = render(config, plan)
+            restore = snapshots.find(config, session, docs, snapshot)
+            plan, movable = self._plan(config, session, where, docs, password, listed)
+            text = render(config, restore.waiting(plan, config.timeout) if restore else plan)
+            if restore and not restore.rendered(text):  # a user's own postgres template that cannot wait for it
+                restore, text = None, render(config, plan)
+            elif restore:
+                plan = restore.waiting(plan, config.timeout)  # kept when a port moves and the file is rendered again
             write_private(compose_file, text)
-            for service in _services(config, user):
-                progress.note(service, "starting container")
+            for service in listed:
+                progress.note(service.name, "starting container")
             self._up(session, connecting, engine.compose_env(config.environ),
-                     _Mover(config, plan, movable, where, compose_file))
+                     _Mover(config, plan, movable, where, compose_file), {s.name: s.setting for s in listed})
             client = connecting.result()
         finally:
             pool.shutdown(wait=False)
         found = containers.find(client.api, session.resources["compose"]["project"])
         session.resources["containers"] = found
         session.save()
-        restored = None  # the restored snapshot's superuser password
-        if cached:  # the container waits for its data: the critical path
-            progress.note("postgres", "restoring the migrated and seeded snapshot")
-            restored = snapshots.restore(cached.docker, engine.compose_env(config.environ), found["postgres"],
-                                         cached.entry, cached.pgdata, session.users_file)
+        # the container waits for its data: the critical path
+        restored = restore.into(engine.compose_env(config.environ), found, session.users_file) if restore else None
         try:  # while the containers start: environments of envkit processes that were killed, on this engine and host
             reaper.prune(client)
         except Exception as exc:  # noqa: BLE001 - reaping others must never stop this run
             log.warning("could not look for orphaned environments: %s", exc)
-        running = self._wait(config, session, where, client.api, found, password, restored or password, user)
+        running = self._wait(config, session, where, client.api, found, listed, restored)
         running.restored = restored is not None
         return running
 
-    def _find_snapshot(self, config: Config, session: Session, docs: engine.Inspector, key: str | None) -> _Snapshot | None:
-        """Where this run's snapshot lives (recorded for :meth:`save_snapshot`); the entry when the cache holds it."""
-        if not key or not config.postgres.enabled:
-            return None
-        docker = engine.docker_cli(config.environ)
-        image = docs.image(config.postgres.image)
-        if docker is None or image is None:  # no CLI to stream it with; an image compose has yet to pull
-            return None
-        pgdata = _image_env(image).get("PGDATA") or PGDATA
-        template, template_text = snapshots.template(config)
-        name = snapshots.entry_key(config, image, pgdata, template_text, key)
-        session.resources["snapshot"] = {"entry": name, "pgdata": pgdata, "docker": docker}
-        entry = cache.lookup(config, "snapshots", name)
-        if entry is None:
-            return None
-        return _Snapshot(entry, pgdata, docker, (image.get("Config") or {}).get("Entrypoint"),
-                         builtin_template=template is not None and template.parent.parent == render_module.builtin_templates())
-
     def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:
         """Keep the freshly migrated and seeded data directory (an online backup) for the next run."""
-        where = session.resources.get("snapshot")
-        if not where or running.postgres is None:
-            return
-        t0 = time.perf_counter()
-        try:
-            snapshots.save(config, where["entry"], where["docker"], engine.compose_env(config.environ),
-                           session.resources["containers"]["postgres"], where["pgdata"], running.postgres,
-                           session.users_file)
-        except Exception as exc:  # noqa: BLE001 - a snapshot only saves time: this run goes on (a tar error, a
-            # server refusing the backup API, a full disk...), and says why the next one will not be faster
-            log.warning("postgres: could not save a snapshot for the next run (%s); the next run migrates and seeds "
-                        "again", str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
-            return
-        log.debug("postgres: snapshot %s saved in %.2f s", where["entry"], time.perf_counter() - t0)
+        snapshots.keep(config, session, running)
 
-    def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector,
-              password: str) -> tuple[Plan, set[str]]:
+    def _plan(self, config: Config, session: Session, where: engine.Engine, docs: engine.Inspector, password: str,
+              listed: list[Container[Any]]) -> tuple[Plan, set[str]]:
         """The plan, and the services whose host port envkit chose (not pinned): those may move if it is taken."""
         taken: set[int] = set()
         plan_ports: dict[str, dict[int, int | None]] = {}
         tmpfs: dict[str, list[str]] = {}
-        movable = {name for name, value in (("postgres", config.postgres.port), ("redis", config.redis.port))
-                   if not port_request(value, 0)[1]}
-        if config.postgres.enabled:
-            plan_ports["postgres"] = {PG_CONTAINER_PORT: _host_port("postgres", config.postgres.port, DEFAULT_PG_PORT,
-                                                                    where, taken)}
-            env, volumes = _image_paths(docs, config.postgres.image)
-            tmpfs["postgres"] = postgres_tmpfs(config.postgres.image, env.get("PGDATA"), volumes) if volumes is not None \
-                else postgres_tmpfs(config.postgres.image)
-        if config.redis.enabled:
-            plan_ports["redis"] = {REDIS_CONTAINER_PORT: _host_port("redis", config.redis.port, DEFAULT_REDIS_PORT,
-                                                                    where, taken)}
-            tmpfs["redis"] = tmpfs_paths(_image_paths(docs, config.redis.image)[1] or [], "/data")
-        for spec in specs(config):
-            plan_ports[spec.name] = {p: None for p in spec.ports.values()}
+        for service in listed:
+            plan_ports[service.name] = {port.container: _host_port(service.name, port, where, taken)
+                                        for port in service.ports.values()}
+            if service.tmpfs is not None and service.image:
+                image = docs.image(service.image)
+                tmpfs[service.name] = service.tmpfs(engine.image_env(image), engine.image_volumes(image)) if image \
+                    else service.tmpfs({}, None)
+        movable = {service.name for service in listed if any(port.movable for port in service.ports.values())}
         modern = docs.at_least("1.44")  # Docker 25: start_interval, so checks are fast early and rare later
         health = Health(interval="1s" if modern else "250ms", start_interval="100ms" if modern else None,
                         start_period=f"{max(int(config.timeout), 1)}s")
         return Plan(labels=reaper.labels(config, session), password=password, bind=where.bind, ports=plan_ports,
-                    tmpfs=tmpfs, health=health, image_volumes=lambda image: _image_paths(docs, image)[1] or []), movable
+                    tmpfs=tmpfs, health=health, image_volumes=lambda image: _volumes(docs, image)), movable
 
-    def _up(self, session: Session, connecting: Future[Any], environ: dict[str, str], mover: _Mover) -> None:
+    def _up(self, session: Session, connecting: Future[Any], environ: dict[str, str], mover: _Mover,
+            settings: dict[str, str]) -> None:
+        """compose up, moving a port another run took meanwhile; ``settings``: where each service's image is set."""
         res = session.resources["compose"]
         # marked: a watchdog lets a `compose up` its dead owner left behind finish before tearing down
         env = {**environ, watchdog.STARTED_BY: session.label}
@@ -196,7 +154,7 @@ class ComposeBackend:
         api = connecting.result().api
         missing = missing_images(api, Path(res["file"]))
         if missing:
-            raise ServiceFailed(pull_failure(missing, output), "compose", output)
+            raise ServiceFailed(pull_failure(missing, output, settings), "compose", output)
         found = containers.find(api, res["project"])
         details = "\n\n".join(containers.diagnose(api, s, c) for s, c in found.items())
         raise ServiceFailed(f"docker compose up failed with exit code {result.returncode} (rendered compose file: "
@@ -204,48 +162,32 @@ class ComposeBackend:
                             output + ("\n\n" + details if details else ""))
 
     def _wait(self, config: Config, session: Session, where: engine.Engine, api: Any, found: dict[str, str],
-              password: str, admin_password: str, user: list[ServiceSpec]) -> Running:
+              listed: list[Container[Any]], restored: snapshots.Restored | None) -> Running:
+        """Wait for every service at once; their endpoints, as the servers describe themselves once ready."""
         host = where.url_host
-        running = Running(backend=self.name)
-        watches: list[containers.Watch] = []
-        facts: dict[str, str] = {}
-        pg: PostgresEndpoint | None = None
-        redis_port = 0
         compose_file = session.resources["compose"]["file"]
-        if config.postgres.enabled:
-            watch = containers.Watch("postgres", found["postgres"], probe_suffices=True)
-            pg = PostgresEndpoint(host=host, port=containers.host_port(api, watch, PG_CONTAINER_PORT, compose_file),
-                                  user=config.postgres.user, password=password, database=config.database, admin_url="")
-            # the image's superuser is the app's user; a restored snapshot holds its earlier password until
-            # the database stage sets this run's
-            admin = dataclasses.replace(pg, password=admin_password)
-            pg = dataclasses.replace(pg, admin_url=admin.libpq(database="postgres"))
-            watch.probe = _postgres_probe(admin, facts)
-            watches.append(watch)
-        if config.redis.enabled:
-            watch = containers.Watch("redis", found["redis"], probe_suffices=True)
-            redis_port = containers.host_port(api, watch, REDIS_CONTAINER_PORT, compose_file)
-            watch.probe = lambda: redis_service.ping(host, redis_port)
-            watches.append(watch)
-        published = {}
-        for spec in user:
-            watch = containers.Watch(spec.name, found[spec.name])
-            published[spec.name] = {n: containers.host_port(api, watch, p, compose_file) for n, p in spec.ports.items()}
-            watch.probe = _user_probe(api, found[spec.name], spec, host, published[spec.name])
+        watches: list[containers.Watch] = []
+        endpoints: dict[str, Any] = {}
+        described: dict[str, Any] = {}  # what a built-in's probe said once it answered (its version)
+        for service in listed:
+            # a service's own probe is at least as strict as its health check; a user's must agree with it
+            watch = containers.Watch(service.name, found[service.name], probe_suffices=service.probe is not None)
+            published = {name: containers.host_port(api, watch, port.container, compose_file)
+                         for name, port in service.ports.items()}
+            endpoint = service.endpoint(host, published)
+            endpoints[service.name] = restored.admit(service.name, endpoint) if restored else endpoint
+            if service.probe is not None:
+                watch.probe = _probe(service, endpoints[service.name], described)
+            elif service.spec is not None:
+                watch.probe = _user_probe(api, found[service.name], service.spec, host, published)
             watches.append(watch)
         containers.wait_all(api, watches, config.timeout, compose_file)
 
-        if pg:
-            running.services["postgres"] = dataclasses.replace(pg, version=facts.get("postgres", ""))
-            session.info["postgres"] = {"image": config.postgres.image, "version": facts.get("postgres", ""),
-                                        "container": found["postgres"][:12]}
-        if config.redis.enabled:
-            version = redis_service.version(host, redis_port)
-            running.services["redis"] = RedisEndpoint(host, redis_port, config.redis.db, version=version)
-            session.info["redis"] = {"image": config.redis.image, "version": version, "container": found["redis"][:12]}
-        for spec in user:
-            running.services[spec.name] = endpoint(spec, host, published[spec.name], config.project)
-            session.info[spec.name] = {"image": spec.image or spec.template, "container": found[spec.name][:12]}
+        running = Running(backend=self.name)
+        for service in listed:
+            endpoint = described.get(service.name, endpoints[service.name])
+            running.services[service.name] = endpoint
+            session.info[service.name] = {**service.facts(endpoint), "container": found[service.name][:12]}
         session.save()
         return running
 
@@ -357,14 +299,16 @@ def missing_images(api: Any, compose_file: Path) -> dict[str, str]:
     return out
 
 
-def pull_failure(missing: dict[str, str], output: str) -> str:
-    """What to say when compose could not pull images: which, for which service, and what the registry said."""
+def pull_failure(missing: dict[str, str], output: str, settings: dict[str, str]) -> str:
+    """What to say when compose could not pull images: which, for which service, what the registry said, and
+    where each is set (``settings``: service -> setting)."""
     said = next((line.strip() for line in reversed(output.splitlines())
                  if any(w in line.lower() for w in ("error", "denied", "not found", "manifest unknown"))), "")
     names = ", ".join(f"{image} (service {service})" for service, image in missing.items())
+    where = ", ".join(dict.fromkeys(settings[s] for s in missing if settings.get(s)))
     return (f"docker could not pull the image{'s' if len(missing) > 1 else ''} {names}: it is not on this engine"
             + (f", and pulling it failed: {said}" if said else "")
-            + ". Check the name and tag (postgres.image, redis.image, your templates), `docker pull` or build it, "
+            + f". Check the name and tag ({where + ', ' if where else ''}your templates), `docker pull` or build it, "
               "or tag an image you have with that name")
 
 
@@ -374,61 +318,36 @@ def _base(res: dict[str, Any]) -> list[str]:
             "--project-directory", res["project_directory"]]
 
 
-def _host_port(service: str, value: int | str | None, default: int, where: engine.Engine, taken: set[int]) -> int | None:
+def _host_port(service: str, port: Port, where: engine.Engine, taken: set[int]) -> int | None:
     """None: let Docker pick (read back after start); else the port to publish, resolved like the native backend."""
-    requested, strict = port_request(value, default)
+    if port.default is None:
+        return None
+    requested, strict = port_request(port.request, port.default)
     if requested == 0:
         return None
     if where.remote:  # the local port table says nothing about the remote engine's
         return requested
-    port = ports.resolve(service, requested, strict, avoid=taken)
-    taken.add(port)
-    return port
+    found = ports.resolve(service, requested, strict, avoid=taken)
+    taken.add(found)
+    return found
 
 
-def _image_paths(docs: engine.Inspector, image: str) -> tuple[dict[str, str], list[str] | None]:
-    """The image's environment and declared VOLUMEs; (\\{}, None) when it is not present locally yet."""
+def _volumes(docs: engine.Inspector, image: str) -> list[str]:
+    """An image's declared VOLUMEs; none when it is not present locally yet."""
     found = docs.image(image)
-    if found is None:
-        return {}, None
-    return _image_env(found), sorted((found.get("Config") or {}).get("Volumes") or {})
+    return engine.image_volumes(found) if found else []
 
 
-def _services(config: Config, user: list[ServiceSpec]) -> list[str]:
-    return [name for name, on in (("postgres", config.postgres.enabled), ("redis", config.redis.enabled)) if on] + [
-        spec.name for spec in user]
+def _probe(service: Container[Any], endpoint: Any, described: dict[str, Any]) -> Any:
+    """A built-in's own probe against its published port, keeping what the server said of itself."""
+    assert service.probe is not None
+    check = service.probe
 
-
-def _image_env(image: dict[str, Any]) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in (image.get("Config") or {}).get("Env") or [] if "=" in item)
-
-
-def _waits(text: str) -> bool:
-    """Whether the rendered postgres service waits for a restored snapshot (a user's own template may not)."""
-    import yaml  # 30 ms: only asked of a user's own postgres template; envkit's own renders the wait
-
-    service = (yaml.safe_load(text).get("services") or {}).get("postgres") or {}
-    entrypoint = service.get("entrypoint") or []
-    return len(entrypoint) > 3 and entrypoint[3] == "envkit-wait"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Snapshot:
-    entry: Path
-    pgdata: str
-    docker: str
-    entrypoint: list[str] | None
-    builtin_template: bool  # envkit's own services/postgres.yml.j2, which renders the waiting entrypoint
-
-
-def _postgres_probe(pg: PostgresEndpoint, facts: dict[str, str]) -> Any:
     def probe() -> bool:
-        import psycopg
-
-        with psycopg.connect(pg.libpq(), connect_timeout=2, autocommit=True) as conn:
-            conn.execute("SELECT 1")
-            number = conn.info.server_version
-        facts["postgres"] = f"{number // 10000}.{number % 10000}"
+        found = check(endpoint)
+        if found is None:
+            return False
+        described[service.name] = found
         return True
 
     return probe

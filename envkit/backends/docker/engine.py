@@ -177,6 +177,16 @@ class Inspector:
             return None
 
 
+def image_env(image: dict[str, Any]) -> dict[str, str]:
+    """An inspected image's environment (``ENV``)."""
+    return dict(item.split("=", 1) for item in (image.get("Config") or {}).get("Env") or [] if "=" in item)
+
+
+def image_volumes(image: dict[str, Any]) -> list[str]:
+    """An inspected image's declared ``VOLUME`` paths."""
+    return sorted((image.get("Config") or {}).get("Volumes") or {})
+
+
 def get(socket_path: str, path: str) -> tuple[int, Any]:
     """A plain GET on the engine's unix socket (no SDK: its import costs 0.2 s); the JSON body when the status is 200."""
     conn = _UnixHTTPConnection(socket_path)

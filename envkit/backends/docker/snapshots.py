@@ -22,27 +22,41 @@ The cache key holds the image's id, its data path and entrypoint, the
 postgres template and initdb options, besides the project's fingerprint
 (migrations, seeds, hooks): a different image or template never restores
 another's data.
+
+This is the docker backend's one piece of provisioning that knows a service
+by name (``SERVICE``, postgres): the backend asks :func:`find` for a
+:class:`Restore`, puts its waiting entrypoint in the plan, has it stream the
+data in once the container exists (:meth:`Restore.into`), and lets the
+:class:`Restored` server's endpoint be probed with the snapshot's password;
+:func:`keep` saves one after a run. Everything else in the backend runs a
+list of services.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import tarfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ... import cache
+from ... import cache, progress
 from ...config import Config
 from ...errors import EnvkitError
 from ...proc import reading, run
-from ...services import PostgresEndpoint
-from ...state import write_private
-from .render import initdb_args, template_dirs
+from ...services import Endpoint, PostgresEndpoint, postgres
+from ...state import Session, write_private
+from ..base import Running
+from . import engine
+from .render import Plan, builtin_templates, template_dirs
 
 log = logging.getLogger("envkit")
+
+SERVICE = postgres.NAME  # the service whose data a snapshot holds
 
 MARKER = "/tmp/envkit-restored"
 ARCHIVE = "pgdata.tar"
@@ -62,16 +76,97 @@ def entry_key(config: Config, image: dict[str, Any], pgdata: str, template_text:
     """The cache entry for this project's snapshot on this image and postgres template."""
     digest = hashlib.sha256()
     cfg = image.get("Config") or {}
-    for part in (image.get("Id", ""), pgdata, json.dumps(cfg.get("Entrypoint")), initdb_args(config.postgres.image),
+    for part in (image.get("Id", ""), pgdata, json.dumps(cfg.get("Entrypoint")), postgres.image_initdb_args(config.postgres.image),
                  template_text):
         digest.update(str(part).encode() + b"\0")
     return f"docker-{digest.hexdigest()[:12]}-{key}"
 
 
+@dataclass(frozen=True)
+class Restore:
+    """A cached snapshot this run's postgres starts from."""
+
+    entry: Path
+    pgdata: str  # the data path inside the container
+    docker: str  # the docker CLI that streams it in
+    entrypoint: list[str] | None  # the image's own, run once the data is in place
+    builtin_template: bool  # envkit's own services/postgres.yml.j2, which renders the waiting entrypoint
+
+    def waiting(self, plan: Plan, timeout: float) -> Plan:
+        """``plan`` with postgres's entrypoint waiting (at most ``timeout``) for the data."""
+        return dataclasses.replace(plan, entrypoints={**plan.entrypoints,
+                                                      SERVICE: waiting_entrypoint(self.entrypoint, timeout)})
+
+    def rendered(self, text: str) -> bool:
+        """Whether the rendered compose file waits for the data; a user's own postgres template may not (said once)."""
+        if self.builtin_template or _waits(text):
+            return True
+        log.warning("postgres: the postgres template does not render the snapshot's `entrypoint` (see envkit's "
+                    "own services/postgres.yml.j2); starting without the cached snapshot")
+        return False
+
+    def into(self, env: dict[str, str], found: dict[str, str], users_file: Path) -> Restored | None:
+        """Stream the data into the waiting container (``found``: service -> container id); None when that failed
+        and the container starts afresh (migrate and seed as usual)."""
+        progress.note(SERVICE, "restoring the migrated and seeded snapshot")
+        password = restore(self.docker, env, found[SERVICE], self.entry, self.pgdata, users_file)
+        return None if password is None else Restored(password)
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A restored server: its superuser keeps the snapshot's password until provisioning sets this run's."""
+
+    password: str = field(repr=False)
+
+    def admit(self, service: str, endpoint: Endpoint) -> Endpoint:
+        """``endpoint`` with an admin URL the restored server accepts (probes and provisioning use it)."""
+        if service != SERVICE or not isinstance(endpoint, PostgresEndpoint):
+            return endpoint
+        admin = dataclasses.replace(endpoint, password=self.password)
+        return dataclasses.replace(endpoint, admin_url=admin.libpq(database="postgres"))
+
+
+def find(config: Config, session: Session, docs: engine.Inspector, key: str | None) -> Restore | None:
+    """Where this run's snapshot lives (recorded for :func:`keep`); a :class:`Restore` when the cache holds it."""
+    if not key or not config.postgres.enabled:
+        return None
+    docker = engine.docker_cli(config.environ)
+    image = docs.image(config.postgres.image)
+    if docker is None or image is None:  # no CLI to stream it with; an image compose has yet to pull
+        return None
+    pgdata = engine.image_env(image).get("PGDATA") or postgres.PGDATA
+    path, template_text = template(config)
+    name = entry_key(config, image, pgdata, template_text, key)
+    session.resources["snapshot"] = {"entry": name, "pgdata": pgdata, "docker": docker}
+    entry = cache.lookup(config, "snapshots", name)
+    if entry is None:
+        return None
+    return Restore(entry, pgdata, docker, (image.get("Config") or {}).get("Entrypoint"),
+                   builtin_template=path is not None and path.parent.parent == builtin_templates())
+
+
+def keep(config: Config, session: Session, running: Running) -> None:
+    """Keep the freshly migrated and seeded data directory (an online backup) for the next run."""
+    where = session.resources.get("snapshot")
+    if not where or running.postgres is None:
+        return
+    t0 = time.perf_counter()
+    try:
+        save(config, where["entry"], where["docker"], engine.compose_env(config.environ),
+             session.resources["containers"][SERVICE], where["pgdata"], running.postgres, session.users_file)
+    except Exception as exc:  # noqa: BLE001 - a snapshot only saves time: this run goes on (a tar error, a
+        # server refusing the backup API, a full disk...), and says why the next one will not be faster
+        log.warning("postgres: could not save a snapshot for the next run (%s); the next run migrates and seeds "
+                    "again", str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+        return
+    log.debug("postgres: snapshot %s saved in %.2f s", where["entry"], time.perf_counter() - t0)
+
+
 def template(config: Config) -> tuple[Path | None, str]:
     """The postgres template this project renders, and its text."""
     for folder in template_dirs(config):
-        path = folder / "services" / "postgres.yml.j2"
+        path = folder / postgres.TEMPLATE
         if path.is_file():
             return path, path.read_text()
     return None, ""
@@ -103,6 +198,15 @@ def restore(docker: str, env: dict[str, str], container: str, entry: Path, pgdat
     if (entry / USERS).exists():
         write_private(users_file, (entry / USERS).read_text())
     return str(meta["password"])
+
+
+def _waits(text: str) -> bool:
+    """Whether the rendered postgres service waits for a restored snapshot (a user's own template may not)."""
+    import yaml  # 30 ms: only asked of a user's own postgres template; envkit's own renders the wait
+
+    service = (yaml.safe_load(text).get("services") or {}).get(SERVICE) or {}
+    entrypoint = service.get("entrypoint") or []
+    return len(entrypoint) > 3 and entrypoint[3] == "envkit-wait"
 
 
 def _release(docker: str, env: dict[str, str], container: str, pgdata: str) -> None:
