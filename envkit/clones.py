@@ -1,12 +1,14 @@
 """Databases for ``isolation="clone"`` tests, cloned ahead of time in the background.
 
-A clone is a ``CREATE DATABASE ... TEMPLATE`` (30-100 ms on a loaded machine:
-it forces checkpoints), and dropping it afterwards is another checkpoint. The
+A clone is a ``CREATE DATABASE ... TEMPLATE`` (20-100 ms on a loaded machine:
+it forces checkpoints), and dropping it afterwards is another checkpoint; the
+test's first connection to it (TCP, SCRAM, SQLAlchemy's first-connect queries)
+is another 10-20 ms. The
 pool does both off the test's path: once the plugin knows how many clone
 tests this process will run (:meth:`ClonePool.expect`), a few threads make
 that many clones ahead, never more than ``size`` waiting at once; a test
-takes a ready one (a pick: no copy), and gives it back to be dropped in the
-background. When nothing is ready, the test waits for the clone already
+takes a ready one (a pick: no copy, and its first connection is open: the
+workspace's ``prepare``), and gives it back to be dropped in the background. When nothing is ready, the test waits for the clone already
 under way rather than starting another (which would only slow both down).
 
 Bounded: at most ``size`` clones waiting and ``size`` waiting to be dropped
@@ -21,9 +23,11 @@ import collections
 import logging
 import threading
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .errors import EnvkitError
-from .services import PostgresEndpoint
+
+T = TypeVar("T")
 
 log = logging.getLogger("envkit")
 
@@ -33,14 +37,18 @@ SIZE = 4
 THREADS = 2
 
 
-class ClonePool:
-    """Clones of one template made ahead by background threads; see the module docstring."""
+class ClonePool(Generic[T]):
+    """Clones of one template made ahead by background threads; see the module docstring.
 
-    def __init__(self, make: Callable[[], PostgresEndpoint], drop: Callable[[PostgresEndpoint], None],
+    ``make`` returns whatever a test needs of its clone (the workspace: the database and its engine, its
+    first connection already open), ``drop`` undoes all of it.
+    """
+
+    def __init__(self, make: Callable[[], T], drop: Callable[[T], None],
                  size: int = SIZE, threads: int = THREADS) -> None:
         self._make, self._drop, self._size, self._threads = make, drop, size, threads
-        self._ready: collections.deque[PostgresEndpoint] = collections.deque()
-        self._used: collections.deque[PostgresEndpoint] = collections.deque()
+        self._ready: collections.deque[T] = collections.deque()
+        self._used: collections.deque[T] = collections.deque()
         self._wanted = 0  # clones still to be asked for, as far as the plugin knows
         self._making = 0  # clones under way
         self._error: Exception | None = None
@@ -58,7 +66,7 @@ class ClonePool:
                 worker.start()
             self._cond.notify_all()
 
-    def take(self) -> PostgresEndpoint:
+    def take(self) -> T:
         """A fresh clone: a ready one, the one under way, or (nothing expected) one made now."""
         with self._cond:
             self._wanted = max(self._wanted - 1, 0)
@@ -69,14 +77,14 @@ class ClonePool:
                 return self._ready.popleft()
         return self._make()
 
-    def give_back(self, pg: PostgresEndpoint) -> None:
+    def give_back(self, clone: T) -> None:
         """A used clone, dropped in the background (now, when the threads are behind or gone)."""
         with self._cond:
             if self._workers and not self._closed and len(self._used) < self._size:
-                self._used.append(pg)
+                self._used.append(clone)
                 self._cond.notify_all()
                 return
-        self._drop(pg)
+        self._drop(clone)
 
     def close(self) -> None:
         """Stop the threads and drop every clone still here."""
@@ -89,11 +97,11 @@ class ClonePool:
         self._ready.clear()
         self._used.clear()
         errors = []
-        for pg in left:
+        for clone in left:
             try:
-                self._drop(pg)
+                self._drop(clone)
             except Exception as exc:  # noqa: BLE001 - drop the others; the run's sweep gets another go
-                errors.append(f"{pg.database}: {exc}")
+                errors.append(f"{getattr(clone, 'database', clone)}: {exc}")
         if errors:
             raise EnvkitError(f"could not drop the prepared clones {'; '.join(errors)}")
 

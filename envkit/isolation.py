@@ -19,6 +19,7 @@ pytest too.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,51 @@ def choose(value: object, where: str) -> str:
     if value not in ISOLATIONS:
         raise ConfigError(f"{where}: isolation must be one of {', '.join(ISOLATIONS)}, found {value!r}")
     return str(value)
+
+
+def opened_engine(url: str) -> Engine:
+    """A SQLAlchemy engine without a pool whose first connection is opened now, for a test that comes later.
+
+    Every ``connect()`` gets a new connection, closed on release (as with ``NullPool``), except the first:
+    that one was opened here, and SQLAlchemy's first-connect queries ran on it. The clone pool
+    (:mod:`envkit.clones`) calls this in the background for each database it prepares: over TCP, a new
+    connection costs a backend start and a SCRAM exchange, and the first one on an engine a few queries
+    more, 10-20 ms on a busy machine, as much as the clone itself. ``dispose()`` closes it if it was never used.
+    """
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url, poolclass=_first_kept_pool())
+    engine.pool._keep_next = True  # type: ignore[attr-defined]
+    engine.connect().close()  # rolled back on return, as any released connection is, then kept
+    return engine
+
+
+@functools.cache
+def _first_kept_pool() -> type:
+    from sqlalchemy.pool import ConnectionPoolEntry, NullPool
+
+    class FirstKept(NullPool):
+        """NullPool that keeps the first connection given back, for the next checkout (see opened_engine)."""
+
+        _keep_next = False
+        _kept: ConnectionPoolEntry | None = None
+
+        def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+            if self._keep_next:
+                self._keep_next, self._kept = False, record
+            else:
+                record.close()
+
+        def _do_get(self) -> ConnectionPoolEntry:
+            kept, self._kept = self._kept, None
+            return kept if kept is not None else self._create_connection()
+
+        def dispose(self) -> None:
+            kept, self._kept = self._kept, None
+            if kept is not None:
+                kept.close()
+
+    return FirstKept
 
 
 @contextlib.contextmanager

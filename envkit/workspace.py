@@ -22,7 +22,8 @@ import dataclasses
 import itertools
 import logging
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import exports, services
@@ -60,6 +61,18 @@ def endpoints(session: Session) -> tuple[PostgresEndpoint | None, RedisEndpoint 
 
 
 @dataclasses.dataclass
+class Clone:
+    """One test's database, cloned from the template, and what was prepared for it ahead of the test."""
+
+    postgres: PostgresEndpoint
+    engine: Any = None  # the test's SQLAlchemy engine, its first connection already open (Workspace.prepare)
+
+    @property
+    def database(self) -> str:
+        return self.postgres.database
+
+
+@dataclasses.dataclass
 class Workspace:
     """This process's database and Redis namespace inside an environment."""
 
@@ -75,8 +88,13 @@ class Workspace:
     _counter: Any = dataclasses.field(default_factory=lambda: itertools.count(1), repr=False)
     _like: database.Profile | None = dataclasses.field(default=None, repr=False)  # the template's owner, settings...
     _base: str = ""  # the environment's database: what derived names start with
-    _pool: ClonePool | None = dataclasses.field(default=None, repr=False)
+    _pool: ClonePool[Clone] | None = dataclasses.field(default=None, repr=False)
     _redis_pool: Any = dataclasses.field(default=None, repr=False)
+    #: Run on each clone as it is made (in the pool's threads): the plugin opens the test's engine there
+    prepare: Callable[[PostgresEndpoint], Any] | None = dataclasses.field(default=None, repr=False)
+    _local: threading.local = dataclasses.field(default_factory=threading.local, repr=False)
+    _admins: list[Any] = dataclasses.field(default_factory=list, repr=False)  # every thread's admin connection
+    _admins_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, config: Config, session: Session, run: str, worker: str = MAIN) -> Workspace:
@@ -109,29 +127,80 @@ class Workspace:
         if count > 0 and self.template is not None:
             self._clones().expect(count)
 
-    def clone(self) -> PostgresEndpoint:
+    def clone(self) -> Clone:
         """A fresh database cloned from the template, for one test; :meth:`release` it afterwards."""
         if self.template is None:
             raise EnvkitError("this environment has no PostgreSQL database to clone")
         return self._clones().take()
 
-    def release(self, pg: PostgresEndpoint) -> None:
-        """A test's clone is done with: dropped (in the background when the pool runs)."""
-        self._clones().give_back(pg)
+    def release(self, clone: Clone) -> None:
+        """A test's clone is done with: its engine disposed and the database dropped (in the background when the
+        pool runs)."""
+        self._clones().give_back(clone)
 
     def drop(self, pg: PostgresEndpoint) -> None:
-        database.drop_database(pg, pg.database)  # the guard passes only what this process created
+        # the guard passes only what this process created
+        self._as_admin(lambda conn: database.drop_database(pg, pg.database, conn=conn))
 
-    def _clones(self) -> ClonePool:
+    def _clones(self) -> ClonePool[Clone]:
         if self._pool is None:
-            self._pool = ClonePool(self._make_clone, self.drop)
+            self._pool = ClonePool(self._make_clone, self._drop_clone)
         return self._pool
 
-    def _make_clone(self) -> PostgresEndpoint:
+    def _make_clone(self) -> Clone:
         assert self.template is not None
+        template = self.template
         name = derived_name(self._base, self.run, self.worker, str(next(self._counter)))
-        database.clone_database(self.template, name, self.template.database, timeout=self.config.timeout, like=self._like)
-        return dataclasses.replace(self.template, database=name)
+        self._as_admin(lambda conn: database.clone_database(template, name, template.database,
+                                                            timeout=self.config.timeout, like=self._like, conn=conn))
+        clone = Clone(dataclasses.replace(template, database=name))
+        if self.prepare is not None:
+            try:
+                clone.engine = self.prepare(clone.postgres)
+            except BaseException:
+                self.drop(clone.postgres)
+                raise
+        return clone
+
+    def _drop_clone(self, clone: Clone) -> None:
+        try:
+            if clone.engine is not None:
+                clone.engine.dispose()  # the first connection, if the test never used it; DROP ... FORCE ends the rest
+        finally:
+            self.drop(clone.postgres)
+
+    def _as_admin(self, work: Callable[[Any], None]) -> None:
+        """``work(conn)`` on this thread's admin connection, opened once: the pool's threads create and drop a
+        database for every clone test, and a new connection each time (TCP, SCRAM) cost as much as the clone.
+        Once more on a new connection when the server closed this one (a test that ended other backends)."""
+        import psycopg
+
+        conn = getattr(self._local, "admin", None)
+        for attempt in (1, 2):
+            if conn is None or conn.closed or conn.broken:
+                conn = self._local.admin = database.connect(self._admin_url())
+                with self._admins_lock:
+                    self._admins.append(conn)
+            try:
+                work(conn)
+                return
+            except psycopg.OperationalError:
+                if attempt == 2 or not (conn.closed or conn.broken):
+                    raise
+
+    def _admin_url(self) -> str:
+        pg = self.template or self.postgres
+        assert pg is not None
+        return pg.admin_url
+
+    def _close_admins(self) -> None:
+        with self._admins_lock:
+            conns, self._admins = self._admins, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception as exc:  # noqa: BLE001 - closing is best effort; the server ends them at teardown
+                log.debug("envkit: closing an admin connection: %s", exc)
 
     # -- Redis ---------------------------------------------------------------
     def redis_client(self, **options: Any) -> Redis:
@@ -168,7 +237,10 @@ class Workspace:
                 if self.postgres:
                     self.drop(self.postgres)
             finally:
-                self._close_redis()
+                try:
+                    self._close_admins()
+                finally:
+                    self._close_redis()
 
     def _close_redis(self) -> None:
         try:

@@ -507,6 +507,7 @@ def test_clone_isolation_from_the_pool(handed_over: SharedEnv, pytester: pytest.
     shared = handed_over
     before = shared.databases()
     pytester.makepyfile(test_pool='''
+        import datetime
         import os
         import pytest
         from sqlalchemy import text
@@ -517,7 +518,14 @@ def test_clone_isolation_from_the_pool(handed_over: SharedEnv, pytester: pytest.
 
         @pytest.mark.parametrize("i", range(12))
         def test_fresh(i, db_session, envkit_db, envkit_env):
+            started = datetime.datetime.now(datetime.timezone.utc)
             assert count_items(db_session) == 0  # nothing of the tests before
+            # its first connection was opened ahead, with the clone; any further one is new
+            pid, backend_start = db_session.execute(text(
+                "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")).one()
+            assert backend_start < started
+            with envkit_db.engine.connect() as other:
+                assert other.execute(text("SELECT pg_backend_pid()")).scalar() != pid
             add_item(db_session, "same name every time")
             db_session.execute(text("CREATE TABLE made_by_the_test (x int)"))
             db_session.commit()

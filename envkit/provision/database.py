@@ -22,13 +22,14 @@ and a name prefix never is either.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ProvisionError, ReadyTimeout, UnsafeTarget
 from ..wait import wait_for
@@ -59,6 +60,16 @@ def connect(conninfo: str, connect_timeout: int = 5):  # type: ignore[no-untyped
     import psycopg
 
     return psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout)
+
+
+@contextlib.contextmanager
+def _admin(pg: PostgresEndpoint, conn: Any) -> Iterator[Any]:
+    """``conn`` (an open autocommit connection of the admin URL, left open) or a new one for this call."""
+    if conn is not None:
+        yield conn
+        return
+    with connect(pg.admin_url) as new:
+        yield new
 
 
 def ensure_role(pg: PostgresEndpoint) -> None:
@@ -114,10 +125,12 @@ def profile(pg: PostgresEndpoint, name: str) -> Profile:
 
 
 def create_database(pg: PostgresEndpoint, name: str, *, owner: str | None = None, template: str | None = None,
-                    exist_ok: bool = False, like: Profile | None = None) -> bool:
+                    exist_ok: bool = False, like: Profile | None = None, conn: Any = None) -> bool:
     """CREATE DATABASE; returns False when it existed and ``exist_ok``. Never adopts one otherwise.
 
     ``like``: give it that owner, privileges and settings (a clone's template's :func:`profile`).
+    ``conn``: an open autocommit admin connection to run it on (a pool's thread keeps one: a new connection
+    over TCP pays SCRAM and a backend start, as much as the clone itself on a busy machine).
     """
     from psycopg import errors, sql
 
@@ -131,7 +144,7 @@ def create_database(pg: PostgresEndpoint, name: str, *, owner: str | None = None
         # WAL_LOG on a real one (an external server, fsync on)
         strategy = "FILE_COPY" if pg.owned else "WAL_LOG"
         query = head + sql.SQL(" TEMPLATE {} STRATEGY {}").format(sql.Identifier(template), sql.SQL(strategy))
-    with connect(pg.admin_url) as conn:
+    with _admin(pg, conn) as conn:
         try:
             conn.execute(query)
         except errors.InsufficientPrivilege:
@@ -242,7 +255,7 @@ def make_template(pg: PostgresEndpoint, name: str, *, timeout: float = 10.0) -> 
 
 
 def clone_database(pg: PostgresEndpoint, name: str, template: str, *, timeout: float = 10.0,
-                   like: Profile | None = None) -> None:
+                   like: Profile | None = None, conn: Any = None) -> None:
     """``CREATE DATABASE name TEMPLATE template``, waiting while other sessions still use the template.
 
     The clone gets the template's owner, privileges and settings (``like``, or read now).
@@ -253,7 +266,7 @@ def clone_database(pg: PostgresEndpoint, name: str, template: str, *, timeout: f
 
     def attempt() -> bool | Exception:
         try:
-            create_database(pg, name, template=template, like=like)
+            create_database(pg, name, template=template, like=like, conn=conn)
         except errors.ObjectInUse:
             raise  # somebody is connected to the template: try again
         except Exception as exc:  # noqa: BLE001 - anything else will not get better by waiting
@@ -285,11 +298,12 @@ def _sessions_on(pg: PostgresEndpoint, database: str) -> str:
 
 
 def drop_database(pg: PostgresEndpoint, name: str, *, created_by_envkit: bool | None = None,
-                  allow_hosts: Sequence[str] = (), allow_unsafe: bool = False) -> None:
+                  allow_hosts: Sequence[str] = (), allow_unsafe: bool = False, conn: Any = None) -> None:
+    """DROP DATABASE ... WITH (FORCE), through :func:`guard`; ``conn`` as in :func:`create_database`."""
     from psycopg import sql
 
     guard(pg, name, "drop", created_by_envkit=created_by_envkit, allow_hosts=allow_hosts, allow_unsafe=allow_unsafe)
-    with connect(pg.admin_url) as conn:
+    with _admin(pg, conn) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     _created.discard((pg.host, pg.port, name))
 

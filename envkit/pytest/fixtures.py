@@ -91,16 +91,17 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
         from sqlalchemy.pool import NullPool
 
         try:
-            pg = space.clone()
+            clone = space.clone()  # made ahead by the pool, its engine's first connection open (Workspace.prepare)
         except EnvkitError as exc:
             pytest.fail(f"envkit: {exc}", pytrace=False)
-        engine = create_engine(pg.url(), poolclass=NullPool)
+        pg = clone.postgres
+        if clone.engine is None:
+            clone.engine = create_engine(pg.url(), poolclass=NullPool)
         try:
             with patched({"DATABASE_URL": pg.url(), "PGDATABASE": pg.database}):
-                yield EnvkitDatabase(mode, pg, engine, envkit_env.async_driver)
+                yield EnvkitDatabase(mode, pg, clone.engine, envkit_env.async_driver)
         finally:
-            engine.dispose()
-            space.release(pg)
+            space.release(clone)  # the engine disposed and the database dropped, in the background
 
 
 @pytest.fixture

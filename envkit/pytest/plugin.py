@@ -25,11 +25,13 @@ from ..errors import EnvkitError, StateError
 from .types import EnvkitEnv
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from ..config import Config as EnvkitConfig
     from ..lifecycle import Environment
     from ..provision.data import Snapshot
+    from ..services import PostgresEndpoint
     from ..state import Session
     from ..workspace import Workspace
 
@@ -109,6 +111,7 @@ class Plugin:
         except Exception as exc:  # noqa: BLE001
             # an environment is there, this process's database is not: stop before conftests point anywhere else
             self._stop(f"envkit: cannot set up this process's database and Redis: {describe(exc)}")
+        self.workspace.prepare = _clone_engine
         self._environ.set(self.workspace.exports)
 
     def _stop(self, message: str) -> NoReturn:
@@ -339,3 +342,8 @@ def isolation_for(node: pytest.Item) -> str:
         return isolation.choose(value, f"@pytest.mark.envkit on {node.nodeid}")
     except EnvkitError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+def _clone_engine(pg: PostgresEndpoint) -> Engine:
+    """A clone test's engine, made with its clone in the pool's threads: its first connection already open."""
+    return isolation.opened_engine(pg.url())
