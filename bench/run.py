@@ -1,6 +1,6 @@
 """`make bench`: envkit against the tools users would pick instead, on this machine, in one run.
 
-    python bench/run.py [--runs N] [--quick] [--only ready,isolation,wholerun,growth] [--tests N]
+    python bench/run.py [--runs N] [--quick] [--only ready,isolation,wholerun,growth,temporal] [--tests N]
 
 With --only, the other figures of an existing results file are kept (a partial re-run).
 
@@ -32,7 +32,7 @@ from harness import BENCH, PROJECT_PYTHON, RUNNERS, loadavg, machine, tool_versi
 
 from envkit.backends.native.binaries import find_postgres, find_redis
 
-FIGURES = ("ready", "isolation", "wholerun", "growth")
+FIGURES = ("ready", "isolation", "wholerun", "growth", "temporal")
 
 
 def say(message: str) -> None:
@@ -76,7 +76,7 @@ def main() -> int:
         f"work dir {workdir}")
     bench = Bench(workdir, user, anchor_python, pg.bindir, str(redis.path))
     try:
-        bench.prepare(say, docker=docker[0] and envkit_docker[0] and "ready" in only)
+        bench.prepare(say, docker=docker[0] and envkit_docker[0] and "ready" in only, servers=set(only) != {"temporal"})
         for name in only:
             t0 = time.monotonic()
             if name == "ready":
@@ -87,6 +87,8 @@ def main() -> int:
                                          direct_sql=not (args.quick or args.no_isolation_sql))
             elif name == "wholerun":
                 fig = figures.wholerun(bench, runs, say)
+            elif name == "temporal":
+                fig = figures.temporal(bench, runs, args.no_docker, envkit_docker, say)
             else:
                 fig = figures.growth(bench, runs, args.quick, say)
             fig["seconds"] = round(time.monotonic() - t0, 1)
@@ -155,7 +157,7 @@ def _ours(workdir: Path) -> list[tuple[int, str]]:
                 cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if str(workdir) in cmd or f"envkit-bench-pgpg-{workdir.name}" in cmd:
+        if str(workdir) in cmd or any(f"envkit-bench-{what}-{workdir.name}" in cmd for what in ("pgpg", "temporal")):
             found.append((int(pid), cmd))
     return found
 
