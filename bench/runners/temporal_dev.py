@@ -82,11 +82,11 @@ def hand(args: argparse.Namespace) -> dict[str, object]:
 
 
 def through_envkit(args: argparse.Namespace) -> dict[str, object]:
-    import envkit
+    from envkit import load_config, up  # the API imported before the clock, as for the other envkit rows
 
     t0 = time.perf_counter()
-    config = envkit.load_config(args.root, overrides={"backend": args.backend})
-    env = envkit.up(config)
+    config = load_config(args.root, overrides={"backend": args.backend})
+    env = up(config)
     host, _, port = env.exports["TEMPORAL_ADDRESS"].rpartition(":")
     ready = answers(host, int(port)) - t0
     ui_port = int(env.exports["TEMPORAL_UI_URL"].rsplit(":", 1)[1].split("/")[0])
