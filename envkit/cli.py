@@ -413,7 +413,7 @@ def prune(ctx: Ctx, dry_run: bool) -> int:
     config = ctx.config()
     stale = load(config)
     removed = []
-    if stale is not None and (stale.orphaned or stale.info.get("teardown_failed")):  # the latter: `down` failed
+    if stale is not None and (stale.orphaned or stale.teardown_failed):  # the latter: `down` failed
         removed.append(stale.label)
         if not dry_run:
             recorded.teardown_session(config, stale)
@@ -514,7 +514,7 @@ def _diagnose_current(ctx: Ctx, config: config_mod.Config) -> None:
     session = recorded.current(config)
     if session is None:
         return
-    path = diagnostics.write(config, session, by_name(session.backend), timings=session.info.get("timings", {}))
+    path = diagnostics.write(config, session, by_name(session.backend), timings=session.timings)
     if ci.active(config.environ):
         ci.set_outputs(config.environ, {"diagnostics": str(path)})
     if not ctx.opts["quiet"]:

@@ -170,8 +170,8 @@ def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | N
         if config.watchdog:  # tears down if this process is killed before it can (SIGKILL)
             stack.callback(start_watchdog(config, session))
         content = cache.contents(config) if config.postgres.enabled else {}
-        session.info["contents"] = content  # an environment left up is found stale when these change
-        session.info["config_file"] = config.source  # ... of the settings it was made with (-c FILE's, maybe)
+        session.contents = content  # an environment left up is found stale when these change
+        session.config_file = config.source  # ... of the settings it was made with (-c FILE's, maybe)
         key = _snapshot_key(config, backend.name, content)
         if kind_of(config) == "alembic" and not (key and cache.has_entry(config, "snapshots", key)):
             _preimport("alembic.command")  # no snapshot: Alembic will run, so import it (0.1-0.3 s) while servers start
@@ -191,10 +191,10 @@ def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | N
                 if key:
                     stage("snapshot", backend.save_snapshot, config, session, running, key, detail="cached for next time")
         if pg:  # a snapshot holds the template too (its key says so)
-            session.resources["template_database"] = database.template_name(pg.database)
+            session.template_database = database.template_name(pg.database)
         session.exports = env
         session.services = services.record(running.services)
-        session.info["timings"] = timings
+        session.timings = timings
         session.save()
         if config.dotenv:
             dotenv_path = config.path(config.dotenv)
@@ -212,7 +212,7 @@ def _forget_unless_incomplete(session: Session) -> Callable[..., bool]:
     def forget(exc_type: object, exc: BaseException | None, tb: object) -> bool:
         if isinstance(exc, TeardownIncomplete):
             session.detached = False  # no owner will finish it now: later commands may (an orphan once this exits)
-            session.info["teardown_failed"] = str(exc)
+            session.teardown_failed = str(exc)
             session.save()
         else:
             session.remove()
@@ -262,7 +262,7 @@ def _provision_database(config: Config, pg: Any, session: Session, stack: ExitSt
             database.create_database(pg, pg.database, owner=pg.user, exist_ok=True)
     else:
         database.create_database(pg, pg.database, exist_ok=False)
-        session.resources.setdefault("created_databases", []).append(pg.database)
+        session.created_databases.append(pg.database)
         session.save()
         stack.callback(database.drop_database, pg, pg.database, created_by_envkit=True)
     if config.migrations.schema:
@@ -273,7 +273,7 @@ def _make_template(config: Config, pg: Any, session: Session, stack: ExitStack) 
     """The migrated and seeded database, copied into a template no test can connect to (see database.make_template)."""
     name = database.template_name(pg.database)
     if not pg.owned:
-        session.resources.setdefault("created_databases", []).append(name)
+        session.created_databases.append(name)
         session.save()
         stack.callback(database.drop_database, pg, name, created_by_envkit=True)
     gc.collect()  # an in-process migration's engine (Alembic's env.py) closes its pooled connections when collected

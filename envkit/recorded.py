@@ -37,7 +37,7 @@ def current(config: Config) -> Session | None:
 
 def outdated(config: Config, session: Session) -> list[str]:
     """The migration and seed files (and settings) that changed since ``session`` was migrated and seeded."""
-    before = session.info.get("contents")
+    before = session.contents or None
     config = made_with(config, session)
     if not before or not config.postgres.enabled:
         return []  # recorded by an older envkit, or nothing to compare
@@ -50,7 +50,7 @@ def made_with(config: Config, session: Session) -> Config:
     So that a command or ``pytest`` run without ``-c`` anywhere in the checkout judges the environment by the
     files it was made from, not by another configuration's.
     """
-    source = session.info.get("config_file")
+    source = session.config_file or None
     if not source or source in (config.source, "defaults") or not Path(source).is_file():
         return config
     from .config import load
@@ -101,7 +101,7 @@ def teardown_session(config: Config, session: Session) -> None:
         try:
             by_name(session.backend).teardown(session)
         except TeardownIncomplete as exc:
-            session.info["teardown_failed"] = str(exc)
+            session.teardown_failed = str(exc)
             session.save()
             raise
         except UnsafeTarget as exc:  # a recorded database envkit did not create: all else is down, and that one

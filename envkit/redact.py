@@ -114,7 +114,7 @@ def for_run(config: Config | None, session: Session | None = None, extra: Iterab
                 values.append(user["password"])
     if session is not None:
         values += exports.secrets_of(session.exports)
-        values.append(str(session.info.get("password") or ""))
+        values.append(session.password)
         candidates += [*session.exports.values(), *strings(session.resources)]
     for value in candidates:
         values += url_passwords(value)

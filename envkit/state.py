@@ -48,11 +48,22 @@ class Session:
     owner_host: str = field(default_factory=socket.gethostname)
     detached: bool = False  # True once `envkit up` hands the environment over to later commands
     started_at: float = field(default_factory=time.time)
+    #: what the backend started, in its own terms (run directory and processes, compose project, admin URL):
+    #: read only by that backend, so that ``envkit down`` from another process can remove it
     resources: dict[str, Any] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
     #: each service's endpoint, as a typed record (envkit.services.record): what later commands rebuild it from
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per service name, what the backend noted of it for status and doctor (binary, version, image, container)
     info: dict[str, Any] = field(default_factory=dict)
+    password: str = field(default="", repr=False)  # the postgres password of this environment
+    #: databases envkit created on a server it did not start: teardown drops these (and their copies), nothing else
+    created_databases: list[str] = field(default_factory=list)
+    template_database: str | None = None  # the migrated and seeded database test processes clone
+    contents: dict[str, str] = field(default_factory=dict)  # fingerprints of what was migrated and seeded
+    config_file: str = ""  # the settings it was made with (-c FILE's, maybe)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per lifecycle stage
+    teardown_failed: str | None = None  # why the last teardown did not finish (``envkit down`` or prune finishes it)
 
     @property
     def file(self) -> Path:

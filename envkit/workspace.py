@@ -272,7 +272,7 @@ class Workspace:
 
 def template_of(session: Session, pg: PostgresEndpoint) -> PostgresEndpoint:
     """The environment's template database (sessions of an older envkit recorded none: their database is it)."""
-    return dataclasses.replace(pg, database=session.resources.get("template_database") or pg.database)
+    return dataclasses.replace(pg, database=session.template_database or pg.database)
 
 
 def sweep(config: Config, session: Session, run: str) -> list[str]:

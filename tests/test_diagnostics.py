@@ -142,7 +142,7 @@ class ComposeLikeBackend:
         compose = session.path / f"{session.label}.compose.yml"
         compose.write_text(f"services:\n  postgres:\n    environment:\n      POSTGRES_PASSWORD: {SECRET}\n")
         session.resources["compose"] = {"file": str(compose)}
-        session.info["password"] = SECRET  # where the native and docker backends keep a generated password
+        session.password = SECRET  # where the native and docker backends keep a generated password
         stack.callback(compose.unlink)
         raise ServiceExited("postgres: container exited with code 137 (OOMKilled)", "postgres")
 

@@ -266,7 +266,7 @@ def test_down_with_an_unreachable_engine_fails_and_keeps_the_state(project: Proj
         assert "torn down" not in result.stderr
         assert f"could not finish tearing down {label}" in result.stderr and "envkit down" in result.stderr
         assert (project.root / ".envkit" / "state.json").exists()
-        assert session_of(project)["info"]["teardown_failed"]
+        assert session_of(project)["teardown_failed"]
         running = labelled(client, label)["containers"]
         assert len(running) == 2 and all(c.status == "running" for c in running)
         # prune, too, refuses to forget it while the engine is away
@@ -300,7 +300,7 @@ def test_a_run_whose_teardown_fails_keeps_its_record(project: Project, client: A
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == EXIT_ENVKIT_ERROR, err
         assert f"could not finish tearing down {label}" in err
-        assert session_of(project)["info"]["teardown_failed"]
+        assert session_of(project)["teardown_failed"]
         assert len(labelled(client, label)["containers"]) == 2
         engine.start()
         assert project.cli("down", env=env).returncode == 0

@@ -180,7 +180,7 @@ def test_envkit_test_with_database_url_runs_the_demo_on_a_fresh_database(sentine
 def test_down_from_another_process_drops_what_envkit_made(sentinels: Sentinels, external_project: Project) -> None:
     external_project.cli("up", "-q", check=True)
     state = json.loads((external_project.root / ".envkit" / "state.json").read_text())
-    created = state["resources"]["created_databases"]
+    created = state["created_databases"]
     assert created == [created[0], f"{created[0]}_template"] and set(created) <= server_databases()
     admin = admin_endpoint(ADMIN_URL)
     # what the pytest plugin derives from it (a per-process copy) when its run is killed before cleaning up
@@ -200,14 +200,14 @@ def test_down_drops_only_the_databases_envkit_marked_never_by_record_or_prefix(s
     external_project.cli("up", "-q", check=True)
     state_file = external_project.root / ".envkit" / "state.json"
     state = json.loads(state_file.read_text())
-    real = state["resources"]["created_databases"][0]
+    real = state["created_databases"][0]
     app = f"ekapp_{secrets.token_hex(4)}"  # someone's database: no 'test' in its name, not envkit's
     planted = [app, f"{app}_keep", f"{real}_0a1b2c_gw0"]  # the last: named like a plugin copy, but not one
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         for name in planted:
             conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        state["resources"]["created_databases"] = [real, app]
+        state["created_databases"] = [real, app]
         state_file.write_text(json.dumps(state))
         result = external_project.cli("down")
         assert result.returncode == 3, result.stderr
@@ -229,8 +229,7 @@ def test_down_with_the_server_unreachable_keeps_the_state(sentinels: Sentinels, 
     try:
         external_project.cli("up", "-q", env=external_project.env(
             ENVKIT_POSTGRES_URL=f"postgresql://postgres@{server.url}/postgres"), check=True)
-        created = json.loads((external_project.root / ".envkit" / "state.json").read_text())["resources"][
-            "created_databases"]
+        created = json.loads((external_project.root / ".envkit" / "state.json").read_text())["created_databases"]
         server.stop()
         result = external_project.cli("down")
         assert result.returncode == 3 and "could not finish tearing down" in result.stderr, result.stderr

@@ -133,7 +133,7 @@ def test_a_suite_that_drops_the_database_gets_a_clear_refusal_next_time(project:
     exports = state(project)["exports"]  # the template the clones are made from: as much a part of it
     with psycopg.connect(host=exports["PGHOST"], port=exports["PGPORT"], user=exports["PGUSER"],
                          password=exports["PGPASSWORD"], dbname="postgres", autocommit=True) as conn:
-        template = state(project)["resources"].get("template_database", "proj_test")
+        template = (state(project).get("template_database") or "proj_test")
         conn.execute(f'DROP DATABASE "{template}" WITH (FORCE)')
     status = project.cli("status")
     assert status.returncode == 1 and f"gone: the database {template} on" in status.stdout, status.stdout

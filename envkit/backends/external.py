@@ -106,7 +106,7 @@ class ExternalBackend:
         admin_url = session.resources.get("admin_url")
         if admin_url:
             admin = admin_endpoint(admin_url)
-            for name in session.resources.get("created_databases", []):
+            for name in session.created_databases:
                 try:
                     database.drop_recorded(admin, name)
                 except UnsafeTarget as exc:

@@ -217,7 +217,7 @@ class Plugin:
 
     def database_created_by_envkit(self, name: str) -> bool | None:
         """Whether envkit created ``name``; None: let the guard ask whether this process did."""
-        if self.session and name in self.session.resources.get("created_databases", []):
+        if self.session and name in self.session.created_databases:
             from ..provision import database
 
             space = self.require("postgres")

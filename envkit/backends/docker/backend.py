@@ -56,7 +56,8 @@ class ComposeBackend:
         connecting = pool.submit(engine.client, where, config.environ)  # the SDK is imported while compose starts things
         try:
             cli = engine.compose_cli(config.environ)
-            password = session.info.setdefault("password", services.password(config))
+            session.password = session.password or services.password(config)  # made once: a restart keeps it
+            password = session.password
             listed = services.containers(config, password)  # a service the config gets wrong fails here, before anything
             compose_file = config.state_path / COMPOSE_FILE
             compose_file.unlink(missing_ok=True)  # a previous run's: teardown must not act on it

@@ -29,9 +29,9 @@ from ... import cache, ports
 from ...config import Config, port_request
 from ...errors import BackendUnavailable, CommandFailed, EnvkitError, ServiceExited
 from ...proc import RunAs, alive, marked, run, spawn, stop_groups, tail
+from ...services import password, specs, waves
 from ...services import postgres as postgres_service
 from ...services import redis as redis_service
-from ...services import specs, waves
 from ...state import Session
 from ...wait import wait_for
 from ..base import Running
@@ -125,7 +125,7 @@ class NativeBackend:
                 facts={"bindir": str(bins.bindir), "source": bins.source, "version": bins.version,
                        "found_by": bins.found_by, **({"copied_from": str(bins.copied_from)} if bins.copied_from else {})},
                 bins=bins, run_dir=run_dir, config=config,
-                password=session.info.setdefault("password", postgres_service.password(config.postgres.password)),
+                password=_password(session, config),
                 prepare_cluster=lambda: self._prepare_cluster(config, session, bins, run_dir / "pgdata", snapshot,
                                                               run_as)))
         planned += [runs.user_run(config, session, spec, run_dir, taken) for spec in specs(config)]
@@ -376,3 +376,9 @@ def _server_env(session: Session) -> dict[str, str]:
 def _cluster_key(bins: PgBinaries) -> str:
     raw = f"{bins.bindir}|{bins.version}|{' '.join(initdb_args(bins, Path('-'))[1:])}"
     return f"pg{bins.version}-{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
+
+
+def _password(session: Session, config: Config) -> str:
+    """The environment's postgres password, made once and kept in the session (restarts keep it)."""
+    session.password = session.password or password(config)
+    return session.password
