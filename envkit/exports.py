@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .backends.base import Running
     from .config import Config
+    from .services import Running
     from .state import Session
 
 log = logging.getLogger("envkit")
