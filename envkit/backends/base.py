@@ -88,3 +88,16 @@ class SupportsDiagnostics(Protocol):
         oldest first. Called before teardown, so logs and containers still exist.
         """
         ...
+
+
+@runtime_checkable
+class SupportsPrepareNext(Protocol):
+    """Optional for a backend: what its teardown prepares for the next start, made while a command runs instead.
+
+    ``envkit test`` and ``envkit run`` call it in a thread while their command runs, and wait for it before
+    teardown, which then finds it done: the work is off the path the user waits on (native: the spare copy).
+    """
+
+    def prepare_next(self, session: Session) -> None:
+        """Prepare what the next start will use; safe to call again, and a no-op where nothing applies."""
+        ...

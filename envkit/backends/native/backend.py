@@ -248,8 +248,13 @@ class NativeBackend:
         stop_groups(targets, _GRACE, self._spawned)
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+        self.prepare_next(session)  # unless envkit test/run made it while their command ran
+
+    def prepare_next(self, session: Session) -> None:
+        """The spare the next start renames into place (envkit.backends.native.spares): copied from the cache
+        entry this environment started from, not from its running cluster; nothing when one is waiting."""
         spare = session.resources.get("spare")
-        if spare:  # copied now, renamed into place by the next start (envkit.backends.native.spares)
+        if spare:
             try:
                 run_as = RunAs.for_servers()
                 spares.make(Path(spare["cache"]), Path(spare["entry"]), lambda src, dst: self._copy_in(src, dst, run_as))
