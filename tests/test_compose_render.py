@@ -282,6 +282,32 @@ def test_every_service_is_one_record_and_a_lost_port_race_moves_only_a_chosen_po
     assert doc["services"]["queue"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
 
 
+def test_the_snapshot_seam_touches_only_postgres(project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    """A restore makes postgres's entrypoint wait and its admin URL carry the snapshot's password; other
+    services, and a template that cannot wait, are left as they are."""
+    from envkit import services
+    from envkit.backends.docker import snapshots
+
+    project.write("envkit.toml", 'project = "p"\n[postgres]\npassword = "run-pw"\n')
+    config = project.load()
+    restore = snapshots.Restore(Path("/nowhere"), "/var/lib/postgresql/data", "docker", ["docker-entrypoint.sh"],
+                                builtin_template=False)
+    plan = restore.waiting(static_plan(config), 30)
+    doc = yaml.safe_load(render(config, plan))
+    assert doc["services"]["postgres"]["entrypoint"][3:] == ["envkit-wait", "docker-entrypoint.sh"]
+    assert "entrypoint" not in doc["services"]["redis"]
+    assert restore.rendered(render(config, plan)) and not caplog.records
+    assert not restore.rendered(render(config, static_plan(config)))  # as a template without the wait renders it
+    assert "does not render the snapshot's `entrypoint`" in caplog.text
+
+    pg, rd = (c.endpoint("127.0.0.1", {c.name: 40000 + i}) for i, c in enumerate(services.containers(config, "run-pw")))
+    restored = snapshots.Restored("snap-pw")
+    admitted = restored.admit("postgres", pg)
+    assert admitted.password == "run-pw" and ":snap-pw@" in admitted.admin_url and admitted.admin_url.endswith("/postgres")
+    assert ":run-pw@" in pg.admin_url and restored.admit("redis", rd) is rd
+    assert "snap-pw" not in repr(restored)
+
+
 # -- engine discovery -----------------------------------------------------------
 
 def test_engine_location_and_url_host(tmp_path: Path) -> None:
