@@ -202,6 +202,8 @@ def test_postgres_data_path_follows_the_image() -> None:
     ('image = "x"\nports = { grpc = 7233 }\nprobe = { tcp = "web" }', "probe.port web is not in"),
     ('image = "x"\ndepends_on = ["nope"]', "depends_on names 'nope'"),
     ('image = "x"\ncommand = "temporal"', "command must be a list"),
+    ('image = "x"\nexports = { DATABASE_URL = "mysql://x" }', "exported by postgres already"),
+    ('image = "x"\nexports = { ENVKIT_X = "1" }', "envkit's own"),
     ('template = "x.j2"\nprobe = "tcp"', "needs a published port"),
     ('template = "x.j2"\nports = [80]\nprobe = { http = "health" }', "starting with '/'"),
     ('template = "x.j2"\nprobe = { command = "ls" }', "non-empty list"),

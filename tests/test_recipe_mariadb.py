@@ -12,12 +12,11 @@ import socket
 import textwrap
 from pathlib import Path
 
+import pymysql  # the dev extra: missing, the suite fails loudly (a skip would hide it in CI)
 import pytest
 from conftest import Project, need, processes_of, wait_until
 
 import envkit
-
-pymysql = pytest.importorskip("pymysql", reason="the mariadb recipe's tests need PyMySQL (the dev extra)")
 
 CONFIG = '''\
     [postgres]

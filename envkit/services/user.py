@@ -88,7 +88,26 @@ def specs(config: Config) -> list[ServiceSpec]:
             if dep not in known:
                 raise ConfigError(f"{spec.where}: depends_on names {dep!r}, which is no service of this environment "
                                   f"(services: {', '.join(sorted(known)) or 'none'})")
+    _no_clashes(config, found)
     return _ordered(found)
+
+
+def _no_clashes(config: Config, found: list[ServiceSpec]) -> None:
+    """An export belongs to one service: a user service may not replace DATABASE_URL, PG*, REDIS_URL or another's."""
+    from . import postgres, redis
+
+    owner = {name: "postgres" for name in postgres.EXPORTS if config.postgres.enabled}
+    owner.update({name: "redis" for name in redis.EXPORTS if config.redis.enabled})
+    for spec in found:
+        for name in spec.exports:
+            if name.startswith("ENVKIT_"):
+                raise ConfigError(f"{spec.where}: exports.{name}: names starting with ENVKIT_ are envkit's own; "
+                                  "choose another name")
+            if name in owner:
+                raise ConfigError(f"{spec.where}: exports.{name} is exported by {owner[name]} already; a second "
+                                  f"value would replace it silently. Rename it (e.g. {spec.name.upper()}_{name})"
+                                  + (f", or disable {owner[name]}" if owner[name] in BUILTIN else ""))
+            owner[name] = spec.name
 
 
 def _ordered(found: list[ServiceSpec]) -> list[ServiceSpec]:
