@@ -176,3 +176,36 @@ def test_the_external_backend_takes_a_url_for_a_user_service(project: Project) -
         stop.set()
         thread.join()
         server.close()
+
+
+@pytest.mark.native
+def test_a_service_secret_is_the_same_in_its_command_environment_and_exports_and_never_printed(project: Project) -> None:
+    project.write("server.py", SERVER)
+    project.configure(textwrap.dedent(f'''\
+        [postgres]
+        enabled = false
+        [redis]
+        enabled = false
+        [services.web]
+        command = ["python", "{project.root / 'server.py'}", "{{{{ ports.http }}}}", "{{{{ data_dir }}}}"]
+        ports = {{ http = 8000 }}
+        probe = {{ http = "/" }}
+        environment = {{ TOKEN = "{{{{ secret }}}}" }}
+        [services.web.exports]
+        WEB_PASSWORD = "{{{{ secret }}}}"
+        WEB_URL = "http://{{{{ host }}}}:{{{{ ports.http }}}}"
+        '''))
+    seen = []
+    for _ in range(2):
+        with envkit.environment(project.load(backend="native")) as env:
+            token = json.loads(urllib.request.urlopen(env.exports["WEB_URL"], timeout=5).read())["token"]
+            assert token == env.exports["WEB_PASSWORD"] and len(token) == 24 and token.isalnum()
+            seen.append(token)
+    assert seen[0] != seen[1]  # new each run
+    project.cli("up", "--backend", "native", check=True)
+    try:
+        shown = project.cli("status", "--json", check=True).stdout + project.cli("status", check=True).stdout
+        secret = json.loads((project.root / ".envkit" / "state.json").read_text())["exports"]["WEB_PASSWORD"]
+        assert secret not in shown
+    finally:
+        project.cli("down", check=True)

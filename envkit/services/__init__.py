@@ -53,7 +53,7 @@ def containers(config: Config, password: str) -> list[Container[Any]]:
     """What a container backend runs for ``config``: the enabled built-ins, then the user services, each after
     what it depends on. ``password`` is the environment's (:func:`password`)."""
     builtin = [found for module in (postgres, redis) if (found := module.container(config, password)) is not None]
-    return [*builtin, *(user.container(spec, config) for spec in specs(config))]
+    return [*builtin, *(user.container(spec, config, password) for spec in specs(config))]
 
 
 def password(config: Config, fallback: str | None = None) -> str:
