@@ -14,11 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import Project, envkit_processes, envkit_run_dirs, need, wait_until
+from conftest import Project, envkit_processes, envkit_run_dirs, need_native_servers, wait_until
 
 import envkit
 import envkit.backends
-from envkit.backends.native.binaries import find_postgres, find_redis
 from envkit.proc import alive
 
 #: A tiny HTTP server: GET / answers 200 after an optional delay, and /env tells what it was started with.
@@ -39,11 +38,7 @@ SERVER = textwrap.dedent('''\
 
 @pytest.fixture(autouse=True, scope="module")
 def _binaries() -> None:
-    try:
-        find_postgres(None, os.environ)
-        find_redis(None, os.environ)
-    except envkit.BinaryNotFound as exc:
-        need(False, f"native servers need PostgreSQL and Redis binaries: {exc}")
+    need_native_servers()
 
 
 def _configure(project: Project, extra: str = "") -> None:
