@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from . import cache, diagnostics, exports, progress, services, signals, state
 from .backends import by_name
 from .backends import select as select_backend
-from .backends.base import Backend, Running, SupportsPrepareNext
+from .backends.base import Backend, SupportsPrepareNext
 from .config import Config
 from .errors import BackendUnavailable, EnvkitError, Interrupted, TeardownIncomplete
 from .handoff import run_child
@@ -37,6 +37,7 @@ from .provision import database, redis_index
 from .provision.migrate import kind_for, kind_of, migrate
 from .provision.seed import seed
 from .recorded import reap_stale
+from .services import Running
 from .state import Session, write_private
 from .wait import wait_for
 from .watchdog import start as start_watchdog

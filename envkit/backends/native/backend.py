@@ -70,6 +70,7 @@ class NativeBackend:
         if run_as:
             os.chown(run_dir, run_as.uid, run_as.gid)
 
+        _password(session, config)  # postgres' password, and what each user service's secret derives from
         self._runs = self._plan(config, session, run_dir, run_as, snapshot)
         running = Running(backend=self.name)
         for group in waves(self._runs):  # each group once the groups before it answer; a group starts side by side
