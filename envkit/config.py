@@ -37,8 +37,6 @@ BACKEND_NAMES = (AUTO, *BACKENDS)
 MIGRATION_KINDS = (AUTO, *KINDS)
 DIAGNOSTICS_MODES = ("on-failure", "always", "never")
 ASYNC_DRIVERS = ("auto", "asyncpg", "psycopg")
-DEFAULT_PG_PORT = 5433
-DEFAULT_REDIS_PORT = 6380
 
 
 @dataclass(frozen=True)

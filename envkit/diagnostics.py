@@ -35,8 +35,9 @@ from .errors import BackendUnavailable, EnvkitError
 from .state import Session, write_private
 
 if TYPE_CHECKING:
-    from .backends.base import Backend, Running
+    from .backends.base import Backend
     from .config import Config
+    from .services import Running
 
 log = logging.getLogger("envkit")
 

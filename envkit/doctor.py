@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import ports
-from .config import DEFAULT_PG_PORT, DEFAULT_REDIS_PORT, Config, port_request
+from .config import Config, port_request
 from .distribution import EMBEDDED_HINT
 from .errors import EnvkitError
 
@@ -223,11 +223,13 @@ def _ports(config: Config, backend: str) -> list[Check]:
     if backend not in ("native", "docker"):
         return []
     checks = []
-    for service, value, default, enabled in (("postgres", config.postgres.port, DEFAULT_PG_PORT, config.postgres.enabled),
-                                             ("redis", config.redis.port, DEFAULT_REDIS_PORT, config.redis.enabled)):
-        if not enabled:
+    from .services import postgres, redis
+
+    for builtin in (postgres, redis):  # each built-in's own setting and preferred port
+        service, setting = builtin.NAME, getattr(config, builtin.NAME)
+        if not setting.enabled:
             continue
-        port, strict = port_request(value, default)
+        port, strict = port_request(setting.port, builtin.DEFAULT_PORT)
         if port == 0:
             checks.append(Check(f"{service} port", True, "a free port is chosen at start (auto)"))
         elif ports.is_free(port):

@@ -9,7 +9,6 @@ asyncio URLs (asyncpg, psycopg) and the users the seed names (:class:`Users`).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -21,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .backends.base import Running
     from .config import Config
+    from .services import Running
     from .state import Session
 
 log = logging.getLogger("envkit")
@@ -33,10 +32,9 @@ SECRET_NAMES = re.compile(r"PASSWORD|SECRET|TOKEN|_URL$|^DATABASE_URL", re.IGNOR
 
 def async_driver(config: Config) -> str:
     """The SQLAlchemy asyncio driver: ``postgres.async_driver``; auto is asyncpg when it is installed, else psycopg."""
-    wanted = config.postgres.async_driver
-    if wanted == "auto":
-        wanted = "asyncpg" if importlib.util.find_spec("asyncpg") is not None else "psycopg"
-    return "psycopg_async" if wanted == "psycopg" else wanted
+    from .services.postgres import async_driver as driver
+
+    return driver(config.postgres.async_driver)
 
 
 class Users(list):  # type: ignore[type-arg]

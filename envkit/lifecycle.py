@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from . import cache, diagnostics, exports, progress, services, signals, state
 from .backends import by_name
 from .backends import select as select_backend
-from .backends.base import Backend, Running
+from .backends.base import Backend, SupportsPrepareNext
 from .config import Config
 from .errors import BackendUnavailable, EnvkitError, Interrupted, TeardownIncomplete
 from .handoff import run_child
@@ -37,6 +37,7 @@ from .provision import database, redis_index
 from .provision.migrate import kind_for, kind_of, migrate
 from .provision.seed import seed
 from .recorded import reap_stale
+from .services import Running
 from .state import Session, write_private
 from .wait import wait_for
 from .watchdog import start as start_watchdog
@@ -347,12 +348,15 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
     """Bring the environment up, run ``argv`` in it, tear it down; returns the command's exit code."""
     env = up(config, reporter=reporter)
     code: int | None = None
+    ahead = _prepare_next(env)
     try:
         if on_up:
             on_up(env)
         code = run_child(argv, {**config.environ, **env.exports}, session=env.session)
         return code
     finally:
+        if ahead is not None:
+            ahead.join()  # before teardown, which would otherwise start the same work
         if keep or (keep_on_failure and code != 0):
             env.detach()
             if on_kept:
@@ -366,6 +370,23 @@ def run(config: Config, argv: Sequence[str], *, reporter: Reporter | None = None
                 t0 = time.perf_counter()
                 env.down()
                 (reporter or _log_reporter)("down", "done", time.perf_counter() - t0, "")
+
+
+def _prepare_next(env: Environment) -> threading.Thread | None:
+    """What teardown would prepare for the next start (native: the spare copy), made while the command runs."""
+    backend = by_name(env.session.backend)
+    if not isinstance(backend, SupportsPrepareNext):
+        return None
+
+    def work() -> None:
+        try:
+            backend.prepare_next(env.session)
+        except Exception as exc:  # noqa: BLE001 - an optimisation: teardown tries again
+            log.debug("preparing the next start failed: %s", exc)
+
+    thread = threading.Thread(target=work, name="envkit-next", daemon=True)
+    thread.start()
+    return thread
 
 
 def diagnose(env: Environment, reporter: Reporter | None = None) -> None:

@@ -115,6 +115,10 @@ def for_run(config: Config | None, session: Session | None = None, extra: Iterab
     if session is not None:
         values += exports.secrets_of(session.exports)
         values.append(session.password)
+        if session.password:  # each service's {{ secret }}, wherever a command or a log shows it
+            from .services.user import secret
+
+            values += [secret(session.password, name) for name in [*session.services, *session.info]]
         candidates += [*session.exports.values(), *strings(session.resources)]
     for value in candidates:
         values += url_passwords(value)

@@ -56,7 +56,8 @@ class Session:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: per service name, what the backend noted of it for status and doctor (binary, version, image, container)
     info: dict[str, Any] = field(default_factory=dict)
-    password: str = field(default="", repr=False)  # the postgres password of this environment
+    #: the environment's own password: postgres' where envkit starts it; each user service's {{ secret }} derives from it
+    password: str = field(default="", repr=False)
     #: databases envkit created on a server it did not start: teardown drops these (and their copies), nothing else
     created_databases: list[str] = field(default_factory=list)
     template_database: str | None = None  # the migrated and seeded database test processes clone

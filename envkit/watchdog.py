@@ -66,7 +66,10 @@ def start(config: Config, session: Session) -> Callable[[], None]:
     for pid, old in list(_started.items()):  # reap those that ended on their own (handed over, torn down)
         if old.poll() is not None:
             del _started[pid]
-    proc = spawn(argv, log_path=session.path / LOG_FILE, env=env, cwd=config.root)
+    import shutil
+
+    nice = shutil.which("nice")  # its start-up (an interpreter, ~50 ms of CPU) yields to the run it watches
+    proc = spawn([nice, "-n", "10", *argv] if nice else argv, log_path=session.path / LOG_FILE, env=env, cwd=config.root)
     _started[proc.pid] = proc  # it outlives a detached Environment: keep the handle, reap it later
 
     def stop() -> None:

@@ -27,12 +27,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import exports, services
-from .backends.base import Running
 from .clones import ClonePool
 from .config import Config
 from .errors import EnvkitError
 from .provision import database
-from .services import PostgresEndpoint, RedisEndpoint
+from .services import PostgresEndpoint, RedisEndpoint, Running
 from .state import Session
 
 if TYPE_CHECKING:

@@ -35,6 +35,18 @@ def need(condition: bool, reason: str) -> None:
         pytest.skip(reason)
 
 
+def need_native_servers() -> None:
+    """The PostgreSQL and Redis binaries the native backend starts its servers from."""
+    from envkit.backends.native.binaries import find_postgres, find_redis
+    from envkit.errors import BinaryNotFound
+
+    try:
+        find_postgres(None, os.environ)
+        find_redis(None, os.environ)
+    except BinaryNotFound as exc:
+        need(False, f"native servers need PostgreSQL and Redis binaries: {exc}")
+
+
 def envkit_processes() -> set[tuple[int, str]]:
     """Live processes carrying envkit's ENVKIT_SESSION marker."""
     found = set()

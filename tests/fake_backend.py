@@ -15,8 +15,8 @@ import pytest
 
 from envkit import progress
 from envkit.backends import BACKENDS
-from envkit.backends.base import PostgresEndpoint, RedisEndpoint, Running
 from envkit.config import Config
+from envkit.services import PostgresEndpoint, RedisEndpoint, Running
 from envkit.state import Session
 
 #: A password that needs quoting in a URL: the exports must escape it.

@@ -17,20 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Project, envkit_run_dirs, need
+from conftest import Project, envkit_run_dirs, need, need_native_servers
 
-from envkit.backends.native.binaries import find_postgres, find_redis
+from envkit.backends.native.binaries import find_redis
 from envkit.errors import EXIT_ENVKIT_ERROR
 
 SITE = Path(importlib.util.find_spec("pytest").origin).parents[1]  # type: ignore[arg-type,union-attr]
 
 
-def native_binaries() -> None:
-    try:
-        find_postgres(None, os.environ)
-        find_redis(None, os.environ)
-    except Exception as exc:  # noqa: BLE001
-        need(False, f"native servers need PostgreSQL and Redis binaries: {exc}")
+native_binaries = need_native_servers
 
 
 def as_root() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +144,7 @@ def test_cache_clear_empties_it(project: Project, tmp_path: Path) -> None:
     assert not bring_up(project, cache_dir=str(own))["restored"]
 
 
-# -- spares: the next start's copy, made at `down` -------------------------------------------------
+# -- spares: the next start's copy, made at `down` (or while envkit test/run's command runs) -------------------------------------------------
 
 def spare_names(cache_dir: Path) -> list[str]:
     home = spares.folder(cache_dir)
@@ -172,6 +173,27 @@ def test_a_spare_is_kept_at_down_renamed_into_place_and_cleared(project: Project
     assert f"1 spare copy for the next start in {spares.folder(own)}: {spares.name(entry)}" in listed.stderr
     project.cli("cache", "clear", env=project.env(ENVKIT_CACHE_DIR=str(own)), check=True)
     assert not spares.folder(own).exists()
+
+
+def test_envkit_run_makes_the_spare_while_its_command_runs(project: Project, tmp_path: Path) -> None:
+    """Off the teardown: the command itself sees the next start's spare appear, and teardown finds it made."""
+    from envkit import lifecycle
+
+    own = tmp_path / "cache"
+    make(project)
+    bring_up(project, cache_dir=str(own))  # the snapshot, and a spare made at down
+    (name,) = spare_names(own)
+    spare = spares.folder(own) / name
+    waits = ("import pathlib, sys, time\n"
+             "spare = pathlib.Path(sys.argv[1])\n"
+             "deadline = time.monotonic() + 30\n"
+             "while not spare.is_dir() and time.monotonic() < deadline:\n"
+             "    time.sleep(0.01)\n"
+             "sys.exit(0 if spare.is_dir() else 7)\n")
+    config = project.load(backend="native", cache_dir=str(own))
+    assert lifecycle.run(config, [sys.executable, "-c", waits, str(spare)]) == 0  # claimed at start, made again
+    assert spare_names(own) == [name]
+    assert bring_up(project, cache_dir=str(own))["spare"]
 
 
 def test_cache_spare_false_keeps_none(project: Project, tmp_path: Path) -> None:

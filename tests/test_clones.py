@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from envkit.backends.base import PostgresEndpoint
 from envkit.clones import ClonePool
+from envkit.services import PostgresEndpoint
 
 
 class Server:

@@ -202,6 +202,8 @@ def test_postgres_data_path_follows_the_image() -> None:
     ('image = "x"\nports = { grpc = 7233 }\nprobe = { tcp = "web" }', "probe.port web is not in"),
     ('image = "x"\ndepends_on = ["nope"]', "depends_on names 'nope'"),
     ('image = "x"\ncommand = "temporal"', "command must be a list"),
+    ('image = "x"\nexports = { DATABASE_URL = "mysql://x" }', "exported by postgres already"),
+    ('image = "x"\nexports = { ENVKIT_X = "1" }', "envkit's own"),
     ('template = "x.j2"\nprobe = "tcp"', "needs a published port"),
     ('template = "x.j2"\nports = [80]\nprobe = { http = "health" }', "starting with '/'"),
     ('template = "x.j2"\nprobe = { command = "ls" }', "non-empty list"),
@@ -280,6 +282,32 @@ def test_every_service_is_one_record_and_a_lost_port_race_moves_only_a_chosen_po
     doc = yaml.safe_load(compose_file.read_text())
     assert doc["services"]["redis"]["ports"] == [f"127.0.0.1:{moved}:6379"]
     assert doc["services"]["queue"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+
+
+def test_the_snapshot_seam_touches_only_postgres(project: Project, caplog: pytest.LogCaptureFixture) -> None:
+    """A restore makes postgres's entrypoint wait and its admin URL carry the snapshot's password; other
+    services, and a template that cannot wait, are left as they are."""
+    from envkit import services
+    from envkit.backends.docker import snapshots
+
+    project.write("envkit.toml", 'project = "p"\n[postgres]\npassword = "run-pw"\n')
+    config = project.load()
+    restore = snapshots.Restore(Path("/nowhere"), "/var/lib/postgresql/data", "docker", ["docker-entrypoint.sh"],
+                                builtin_template=False)
+    plan = restore.waiting(static_plan(config), 30)
+    doc = yaml.safe_load(render(config, plan))
+    assert doc["services"]["postgres"]["entrypoint"][3:] == ["envkit-wait", "docker-entrypoint.sh"]
+    assert "entrypoint" not in doc["services"]["redis"]
+    assert restore.rendered(render(config, plan)) and not caplog.records
+    assert not restore.rendered(render(config, static_plan(config)))  # as a template without the wait renders it
+    assert "does not render the snapshot's `entrypoint`" in caplog.text
+
+    pg, rd = (c.endpoint("127.0.0.1", {c.name: 40000 + i}) for i, c in enumerate(services.containers(config, "run-pw")))
+    restored = snapshots.Restored("snap-pw")
+    admitted = restored.admit("postgres", pg)
+    assert admitted.password == "run-pw" and ":snap-pw@" in admitted.admin_url and admitted.admin_url.endswith("/postgres")
+    assert ":run-pw@" in pg.admin_url and restored.admit("redis", rd) is rd
+    assert "snap-pw" not in repr(restored)
 
 
 # -- engine discovery -----------------------------------------------------------

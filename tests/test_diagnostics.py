@@ -15,8 +15,8 @@ from projects import alembic_project
 
 import envkit
 from envkit import diagnostics, lifecycle, state
-from envkit.backends.base import Running
 from envkit.errors import EXIT_ENVKIT_ERROR, ReadyTimeout, ServiceExited
+from envkit.services import Running
 
 SECRET = "Sekr1t-pass-for-bundle"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from envkit.backends.base import PostgresEndpoint, Running
 from envkit.config import load
 from envkit.errors import ConfigError
 from envkit.exports import Users, async_driver, context, render
+from envkit.services import PostgresEndpoint, Running
 from envkit.state import Session
 
 PG = PostgresEndpoint(host="127.0.0.1", port=5433, user="envkit", password="p w", database="shop_test", admin_url="")

@@ -16,13 +16,13 @@ import pytest
 from conftest import Project
 
 from envkit import UnsafeTarget
-from envkit.backends.base import PostgresEndpoint, RedisEndpoint
 from envkit.backends.external import ExternalBackend, admin_endpoint, redis_endpoint
 from envkit.errors import ConfigError
 from envkit.provision import data, database
 from envkit.provision.migrate import migrate
 from envkit.provision.seed import seed
 from envkit.pytest_plugin import SeededUsers
+from envkit.services import PostgresEndpoint, RedisEndpoint
 from envkit.state import begin
 from envkit.workspace import derived_name
 

@@ -16,7 +16,7 @@ import bcrypt
 import psycopg
 import pytest
 import redis
-from conftest import Project, envkit_run_dirs, need, processes_of, wait_until
+from conftest import Project, envkit_run_dirs, need, need_native_servers, processes_of, wait_until
 from projects import USERS_TABLE, alembic_project
 
 import envkit
@@ -29,11 +29,7 @@ pytestmark = pytest.mark.native
 
 @pytest.fixture(autouse=True, scope="module")
 def _binaries() -> None:
-    try:
-        find_postgres(None, os.environ)
-        find_redis(None, os.environ)
-    except envkit.BinaryNotFound as exc:
-        need(False, f"native servers need PostgreSQL and Redis binaries: {exc}")
+    need_native_servers()
 
 
 def listening(port: int) -> list[str]:

@@ -12,12 +12,11 @@ import socket
 import textwrap
 from pathlib import Path
 
+import pymysql  # the dev extra: missing, the suite fails loudly (a skip would hide it in CI)
 import pytest
-from conftest import Project, envkit_processes, need, wait_until
+from conftest import Project, need, processes_of, wait_until
 
 import envkit
-
-pymysql = pytest.importorskip("pymysql", reason="the mariadb recipe's tests need PyMySQL (the dev extra)")
 
 CONFIG = '''\
     [postgres]
@@ -63,7 +62,6 @@ def _no_native_mariadb() -> None:
 def test_the_recipe_runs_a_private_mariadb_natively(project: Project) -> None:
     _no_native_mariadb()
     project.configure(CONFIG)
-    before = envkit_processes()
     with envkit.environment(project.load(backend="native")) as env:
         ex = env.exports
         port = int(ex["MYSQL_TCP_PORT"])
@@ -79,11 +77,11 @@ def test_the_recipe_runs_a_private_mariadb_natively(project: Project) -> None:
         data = Path(env.session.resources["run_dir"]) / "services" / "mariadb"
         assert Path(datadir).resolve() == (data / "data").resolve() and Path(sock).parent == data and bind == "127.0.0.1"
         assert (data / "init.sql").stat().st_mode & 0o777 == 0o600  # it holds the passwords
-        pids = [pid for pid, cmd in envkit_processes() - before if "mariadbd" in cmd]
+        pids = [pid for pid, cmd in processes_of(project.root) if "mariadbd" in cmd]  # this checkout's, not others'
         assert len(pids) == 1
         logs = envkit.backends.by_name("native").logs(env.session)
         assert "ready for connections" in logs["mariadb"]
-    assert wait_until(lambda: not (envkit_processes() - before), timeout=15), envkit_processes() - before
+    assert wait_until(lambda: not processes_of(project.root), timeout=15), processes_of(project.root)
     assert not data.exists() and _free(port)
 
 
@@ -170,3 +168,21 @@ def test_the_image_refuses_an_empty_data_directory_without_a_root_password() -> 
     finally:
         container.remove(force=True, v=True)
     assert not client.containers.list(all=True, filters={"label": "envkit.test=mariadb-contract"})
+
+
+@pytest.mark.native
+def test_a_machine_without_mariadb_fails_fast_with_the_recipe_s_message(project: Project, tmp_path: Path) -> None:
+    """docs/services.md: sh is found, the script then says which MariaDB program is missing and how to get it."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "sed", "cat", "id", "printf"):  # what the script needs before it looks for MariaDB
+        found = shutil.which(tool)
+        if found:
+            (bare / tool).symlink_to(found)
+    project.configure(CONFIG)
+    result = project.cli("up", "--backend", "native", "--timeout", "20", env=project.env(PATH=str(bare)))
+    assert result.returncode == 3, result.stderr
+    assert "mariadb exited with code 127 before it was ready" in result.stderr
+    assert "not found on PATH or in /usr/sbin" in result.stderr and "mariadb recipe: mariadb" in result.stderr
+    assert "apt-get install mariadb-server" in result.stderr and "Traceback" not in result.stderr
+    assert not (project.root / ".envkit" / "state.json").exists()

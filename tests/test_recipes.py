@@ -292,7 +292,7 @@ def test_standin_follows_the_official_contract(recipe: str, docker_client: Any) 
     image = standin.ensure(recipe)
     table = tomllib.loads((standin.RECIPES / f"{recipe}.toml").read_text())
     render = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string
-    ctx = {"ports": table["ports"], "port": next(iter(table["ports"].values()))}
+    ctx = {"ports": table["ports"], "port": next(iter(table["ports"].values())), "secret": "standin-Secret-1"}
     args = [render(a).render(ctx) for a in table["docker_command"]]
     environment = {k: render(v).render(ctx) for k, v in table.get("environment", {}).items()}
     container = docker_client.containers.run(image, args, detach=True, environment=environment,

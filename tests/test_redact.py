@@ -7,8 +7,8 @@ import json
 import pytest
 
 from envkit import exports, redact
-from envkit.backends.base import PostgresEndpoint, RedisEndpoint
 from envkit.backends.docker import render
+from envkit.services import PostgresEndpoint, RedisEndpoint
 
 #: Passwords that survive one encoding or another: compose's `$`, YAML/JSON's `"` and `\`, URL-reserved
 #: characters, shell quotes, non-ASCII (JSON writes \u escapes), and a plain one.

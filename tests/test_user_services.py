@@ -14,11 +14,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import Project, envkit_processes, envkit_run_dirs, need, wait_until
+from conftest import Project, envkit_processes, envkit_run_dirs, need_native_servers, wait_until
 
 import envkit
 import envkit.backends
-from envkit.backends.native.binaries import find_postgres, find_redis
 from envkit.proc import alive
 
 #: A tiny HTTP server: GET / answers 200 after an optional delay, and /env tells what it was started with.
@@ -39,11 +38,7 @@ SERVER = textwrap.dedent('''\
 
 @pytest.fixture(autouse=True, scope="module")
 def _binaries() -> None:
-    try:
-        find_postgres(None, os.environ)
-        find_redis(None, os.environ)
-    except envkit.BinaryNotFound as exc:
-        need(False, f"native servers need PostgreSQL and Redis binaries: {exc}")
+    need_native_servers()
 
 
 def _configure(project: Project, extra: str = "") -> None:
@@ -176,3 +171,36 @@ def test_the_external_backend_takes_a_url_for_a_user_service(project: Project) -
         stop.set()
         thread.join()
         server.close()
+
+
+@pytest.mark.native
+def test_a_service_secret_is_the_same_in_its_command_environment_and_exports_and_never_printed(project: Project) -> None:
+    project.write("server.py", SERVER)
+    project.configure(textwrap.dedent(f'''\
+        [postgres]
+        enabled = false
+        [redis]
+        enabled = false
+        [services.web]
+        command = ["python", "{project.root / 'server.py'}", "{{{{ ports.http }}}}", "{{{{ data_dir }}}}"]
+        ports = {{ http = 8000 }}
+        probe = {{ http = "/" }}
+        environment = {{ TOKEN = "{{{{ secret }}}}" }}
+        [services.web.exports]
+        WEB_PASSWORD = "{{{{ secret }}}}"
+        WEB_URL = "http://{{{{ host }}}}:{{{{ ports.http }}}}"
+        '''))
+    seen = []
+    for _ in range(2):
+        with envkit.environment(project.load(backend="native")) as env:
+            token = json.loads(urllib.request.urlopen(env.exports["WEB_URL"], timeout=5).read())["token"]
+            assert token == env.exports["WEB_PASSWORD"] and len(token) == 24 and token.isalnum()
+            seen.append(token)
+    assert seen[0] != seen[1]  # new each run
+    project.cli("up", "--backend", "native", check=True)
+    try:
+        shown = project.cli("status", "--json", check=True).stdout + project.cli("status", check=True).stdout
+        secret = json.loads((project.root / ".envkit" / "state.json").read_text())["exports"]["WEB_PASSWORD"]
+        assert secret not in shown
+    finally:
+        project.cli("down", check=True)

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from ..config import Config
 from ..errors import BackendUnavailable
 from ..registry import BACKENDS  # name -> "module:class", the one list of backends
-from .base import Backend, PostgresEndpoint, RedisEndpoint, Running
+from .base import Backend
 
-__all__ = ["BACKENDS", "Backend", "PostgresEndpoint", "RedisEndpoint", "Running", "by_name", "docker_reachable", "select"]
+__all__ = ["BACKENDS", "Backend", "by_name", "docker_reachable", "select"]
 
 log = logging.getLogger("envkit")
 

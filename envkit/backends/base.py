@@ -11,37 +11,8 @@ from contextlib import ExitStack
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..config import Config
-from ..services import Endpoint, PostgresEndpoint, RedisEndpoint, ServiceEndpoint
+from ..services import Running
 from ..state import Session
-
-
-class Running:
-    """The services a backend started (or found), ready for provisioning: endpoints by service name."""
-
-    def __init__(self, backend: str, postgres: PostgresEndpoint | None = None, redis: RedisEndpoint | None = None,
-                 services: dict[str, Endpoint] | None = None, restored: bool = False) -> None:
-        self.backend = backend
-        self.services: dict[str, Endpoint] = dict(services or {})
-        if postgres is not None:
-            self.services["postgres"] = postgres
-        if redis is not None:
-            self.services["redis"] = redis
-        self.restored = restored  # started from a migrated-and-seeded snapshot: skip migrate and seed
-
-    @property
-    def postgres(self) -> PostgresEndpoint | None:
-        found = self.services.get("postgres")
-        return found if isinstance(found, PostgresEndpoint) else None
-
-    @property
-    def redis(self) -> RedisEndpoint | None:
-        found = self.services.get("redis")
-        return found if isinstance(found, RedisEndpoint) else None
-
-    @property
-    def user(self) -> dict[str, ServiceEndpoint]:
-        """The user-defined services' endpoints."""
-        return {n: ep for n, ep in self.services.items() if isinstance(ep, ServiceEndpoint)}
 
 
 class Backend(Protocol):
@@ -87,4 +58,17 @@ class SupportsDiagnostics(Protocol):
         code, OOM-killed, its port); ``health`` is its health-check history,
         oldest first. Called before teardown, so logs and containers still exist.
         """
+        ...
+
+
+@runtime_checkable
+class SupportsPrepareNext(Protocol):
+    """Optional for a backend: what its teardown prepares for the next start, made while a command runs instead.
+
+    ``envkit test`` and ``envkit run`` call it in a thread while their command runs, and wait for it before
+    teardown, which then finds it done: the work is off the path the user waits on (native: the spare copy).
+    """
+
+    def prepare_next(self, session: Session) -> None:
+        """Prepare what the next start will use; safe to call again, and a no-op where nothing applies."""
         ...

@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
-from .. import redact
+from .. import redact, services
 from ..config import Config
 from ..errors import BackendUnavailable, ConfigError, ServiceFailed, TeardownIncomplete, UnsafeTarget
 from ..provision import database
@@ -53,6 +53,7 @@ class ExternalBackend:
     def start(self, config: Config, session: Session, stack: ExitStack, snapshot: str | None) -> Running:
         stack.callback(self.teardown, session)
         running = Running(backend=self.name)
+        session.password = session.password or services.password(config)  # what user services' secrets derive from
         if config.postgres.enabled:
             url = config.postgres.url or config.environ.get("DATABASE_URL")
             if not url:
@@ -87,7 +88,8 @@ class ExternalBackend:
             host, port = service_address(spec)
             host_ports = {name: port for name in spec.ports} or {"port": port}
             _wait_service(spec, host, host_ports, config.timeout)
-            running.services[spec.name] = endpoint(spec, host, host_ports, config.project, owned=False, url=spec.url)
+            running.services[spec.name] = endpoint(spec, host, host_ports, config.project, owned=False, url=spec.url,
+                                                   password=session.password)
         return running
 
     def save_snapshot(self, config: Config, session: Session, running: Running, key: str) -> None:

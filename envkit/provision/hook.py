@@ -41,9 +41,9 @@ def run(config: Config, pg: PostgresEndpoint, env: Mapping[str, str]) -> None:
         wants = wanted_argument(function)
         try:
             if inspect.iscoroutinefunction(function):
-                from ..exports import async_driver
+                from ..services.postgres import async_driver
 
-                _run_coroutine(_run_async(function, wants, pg.url(async_driver(config))))
+                _run_coroutine(_run_async(function, wants, pg.url(async_driver(config.postgres.async_driver))))
             else:
                 _run_sync(function, wants, pg.url())
         except SeedError:

@@ -23,8 +23,25 @@ from .postgres import PostgresEndpoint
 from .redis import RedisEndpoint
 from .user import Probe, ServiceEndpoint, ServiceSpec, recipes, specs, unsupported, waves
 
-__all__ = ["BUILTIN", "Container", "Endpoint", "PostgresEndpoint", "Probe", "RedisEndpoint", "ServiceEndpoint",
-           "ServiceSpec", "containers", "from_record", "password", "recipes", "record", "specs", "unsupported", "waves"]
+__all__ = [
+    "BUILTIN",
+    "Container",
+    "Endpoint",
+    "PostgresEndpoint",
+    "Probe",
+    "RedisEndpoint",
+    "Running",
+    "ServiceEndpoint",
+    "ServiceSpec",
+    "containers",
+    "from_record",
+    "password",
+    "recipes",
+    "record",
+    "specs",
+    "unsupported",
+    "waves",
+]
 
 Endpoint = PostgresEndpoint | RedisEndpoint | ServiceEndpoint
 
@@ -36,7 +53,7 @@ def containers(config: Config, password: str) -> list[Container[Any]]:
     """What a container backend runs for ``config``: the enabled built-ins, then the user services, each after
     what it depends on. ``password`` is the environment's (:func:`password`)."""
     builtin = [found for module in (postgres, redis) if (found := module.container(config, password)) is not None]
-    return [*builtin, *(user.container(spec, config) for spec in specs(config))]
+    return [*builtin, *(user.container(spec, config, password) for spec in specs(config))]
 
 
 def password(config: Config, fallback: str | None = None) -> str:
@@ -62,3 +79,32 @@ def from_record(records: dict[str, dict[str, Any]], admin_url: str | None = None
         elif kind == "service":
             out[name] = ServiceEndpoint.from_record(data)
     return out
+
+
+class Running:
+    """The services a backend started (or found), ready for provisioning: endpoints by service name."""
+
+    def __init__(self, backend: str, postgres: PostgresEndpoint | None = None, redis: RedisEndpoint | None = None,
+                 services: dict[str, Endpoint] | None = None, restored: bool = False) -> None:
+        self.backend = backend
+        self.services: dict[str, Endpoint] = dict(services or {})
+        if postgres is not None:
+            self.services["postgres"] = postgres
+        if redis is not None:
+            self.services["redis"] = redis
+        self.restored = restored  # started from a migrated-and-seeded snapshot: skip migrate and seed
+
+    @property
+    def postgres(self) -> PostgresEndpoint | None:
+        found = self.services.get("postgres")
+        return found if isinstance(found, PostgresEndpoint) else None
+
+    @property
+    def redis(self) -> RedisEndpoint | None:
+        found = self.services.get("redis")
+        return found if isinstance(found, RedisEndpoint) else None
+
+    @property
+    def user(self) -> dict[str, ServiceEndpoint]:
+        """The user-defined services' endpoints."""
+        return {n: ep for n, ep in self.services.items() if isinstance(ep, ServiceEndpoint)}

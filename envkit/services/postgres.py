@@ -211,3 +211,12 @@ def image_initdb_args(image: str) -> str:
     """POSTGRES_INITDB_ARGS for an image: 1 MB WAL segments unless its tag names a server older than 11."""
     major = image_major(image)
     return INITDB_ARGS if major is not None and major < 11 else f"{INITDB_ARGS} {WAL_SEGSIZE}"
+
+
+def async_driver(wanted: str) -> str:
+    """The SQLAlchemy asyncio driver for ``postgres.async_driver``: auto is asyncpg when it is installed, else psycopg."""
+    if wanted == "auto":
+        import importlib.util
+
+        wanted = "asyncpg" if importlib.util.find_spec("asyncpg") is not None else "psycopg"
+    return "psycopg_async" if wanted == "psycopg" else wanted

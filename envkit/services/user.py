@@ -88,7 +88,26 @@ def specs(config: Config) -> list[ServiceSpec]:
             if dep not in known:
                 raise ConfigError(f"{spec.where}: depends_on names {dep!r}, which is no service of this environment "
                                   f"(services: {', '.join(sorted(known)) or 'none'})")
+    _no_clashes(config, found)
     return _ordered(found)
+
+
+def _no_clashes(config: Config, found: list[ServiceSpec]) -> None:
+    """An export belongs to one service: a user service may not replace DATABASE_URL, PG*, REDIS_URL or another's."""
+    from . import postgres, redis
+
+    owner = {name: "postgres" for name in postgres.EXPORTS if config.postgres.enabled}
+    owner.update({name: "redis" for name in redis.EXPORTS if config.redis.enabled})
+    for spec in found:
+        for name in spec.exports:
+            if name.startswith("ENVKIT_"):
+                raise ConfigError(f"{spec.where}: exports.{name}: names starting with ENVKIT_ are envkit's own; "
+                                  "choose another name")
+            if name in owner:
+                raise ConfigError(f"{spec.where}: exports.{name} is exported by {owner[name]} already; a second "
+                                  f"value would replace it silently. Rename it (e.g. {spec.name.upper()}_{name})"
+                                  + (f", or disable {owner[name]}" if owner[name] in BUILTIN else ""))
+            owner[name] = spec.name
 
 
 def _ordered(found: list[ServiceSpec]) -> list[ServiceSpec]:
@@ -390,12 +409,27 @@ class PortMap(dict):  # type: ignore[type-arg]
             raise AttributeError(name) from None
 
 
-def context(spec: ServiceSpec, host: str, host_ports: Mapping[str, int], project: str, **more: Any) -> dict[str, Any]:
-    """What a service's templates see: host, port (the first), ports, service, project, vars, and ``more``."""
+def context(spec: ServiceSpec, host: str, host_ports: Mapping[str, int], project: str, *, password: str,
+            **more: Any) -> dict[str, Any]:
+    """What a service's templates see: host, port (the first), ports, service, project, vars, ``secret``, and ``more``.
+
+    ``secret`` is this environment's own password for the service (derived from the environment's password,
+    ``password``, and the service's name): the same in its command, environment and exports, new each run.
+    """
     ports = PortMap(spec, host_ports)
     first = next(iter(host_ports.values()), None)
     return {"host": host, "port": first, "ports": ports, "service": spec.name, "project": project, "vars": spec.vars,
-            **more}
+            "secret": secret(password, spec.name), **more}
+
+
+def secret(password: str, service: str) -> str:
+    """A service's own secret in this environment: URL- and shell-safe, 24 characters."""
+    import base64
+    import hashlib
+    import hmac
+
+    digest = hmac.new(password.encode(), f"envkit-service:{service}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode()[:24].replace("-", "x").replace("_", "y")
 
 
 @dataclass(frozen=True)
@@ -435,19 +469,19 @@ class ServiceEndpoint:
                    {k: int(v) for k, v in data.get("container_ports", {}).items()})
 
 
-def endpoint(spec: ServiceSpec, host: str, host_ports: Mapping[str, int], project: str, owned: bool = True,
-             **more: Any) -> ServiceEndpoint:
+def endpoint(spec: ServiceSpec, host: str, host_ports: Mapping[str, int], project: str, owned: bool = True, *,
+             password: str, **more: Any) -> ServiceEndpoint:
     """The endpoint of ``spec`` running at ``host`` on ``host_ports``, its exports rendered."""
-    ctx = context(spec, host, host_ports, project, **more)
+    ctx = context(spec, host, host_ports, project, password=password, **more)
     exports = {k: render(v, ctx, f"{spec.where} exports.{k}") for k, v in spec.exports.items()}
     return ServiceEndpoint(spec.name, host, dict(host_ports), exports, owned, dict(spec.ports))
 
 
-def container(spec: ServiceSpec, config: Config) -> Container[ServiceEndpoint]:
+def container(spec: ServiceSpec, config: Config, password: str) -> Container[ServiceEndpoint]:
     """``spec`` as a container backend runs it: its ports on host ports the engine picks, its exports rendered
     once they are known; the backend renders its template or image and probes it as ``spec.probe`` says."""
     return Container(spec.name, spec.image, {name: Port(port) for name, port in spec.ports.items()},
-                     lambda host, ports: endpoint(spec, host, ports, config.project), spec.template,
+                     lambda host, ports: endpoint(spec, host, ports, config.project, password=password), spec.template,
                      facts=lambda ep: {"image": spec.image or spec.template or ""},
                      setting=f"services.{spec.name}.template" if spec.template else f"services.{spec.name}.image",
                      spec=spec)

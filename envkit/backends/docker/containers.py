@@ -6,9 +6,10 @@ still initialising. Each round inspects each pending container:
 
 - exited, dead, restarting, OOM-killed or ``unhealthy``: fail now, with the
   state, the health-check history and the last log lines;
-- otherwise ready when its health check passes, or (built-in services) as
-  soon as the host-side probe answers, which is at least as strict and does
-  not wait for the next health-check interval; a user service needs both.
+- otherwise ready when its health check passes, or (a service that declares
+  its own probe: the built-ins) as soon as the host-side probe answers, which
+  is at least as strict and does not wait for the next health-check interval;
+  a user service needs both.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Watch:
     service: str
     container: str  # id
     probe: Callable[[], bool] | None = None
-    probe_suffices: bool = False  # built-ins: a passing host-side probe is enough, health or not
+    probe_suffices: bool = False  # the service's own probe (the built-ins'): passing it is enough, health or not
     last_error: str = field(default="", init=False)
     running_since: float | None = field(default=None, init=False)  # when envkit first saw it running
     shown: str = field(default="", init=False)  # the state last shown as progress

@@ -25,7 +25,7 @@ from ...config import Config
 from ...errors import ConfigError
 from ...services import Container, ServiceSpec
 from ...services.container import tmpfs_paths
-from ...services.user import context
+from ...services.user import context, secret
 from ...services.user import render as render_string
 
 MAIN = "docker-compose.test.yml.j2"
@@ -168,7 +168,8 @@ def _user_service(env: Any, config: Config, plan: Plan, service: Container[Any],
     assert spec is not None
 
     if spec.template:
-        ctx = {"service": spec.name, "project": config.project, "vars": spec.vars, "labels": plan.labels}
+        ctx = {"service": spec.name, "project": config.project, "vars": spec.vars, "labels": plan.labels,
+               "secret": secret(plan.password, spec.name)}
         text = env.get_template(spec.template).render(**ctx)
         try:
             body = yaml.safe_load(text)
@@ -184,7 +185,7 @@ def _user_service(env: Any, config: Config, plan: Plan, service: Container[Any],
             if key in body:
                 raise ConfigError(f"template {spec.template} sets {key!r}; remove it: {why}")
     elif spec.image:
-        body = _image_service(spec, config)
+        body = _image_service(spec, config, plan.password)
     else:
         raise ConfigError(f"{spec.where} has neither image nor template, which the docker backend needs: add image = "
                           "\"name:tag\" (and docker_command), or template = \"NAME.yml.j2\"")
@@ -208,10 +209,10 @@ def _user_service(env: Any, config: Config, plan: Plan, service: Container[Any],
     return str(yaml.safe_dump(body, sort_keys=False, default_flow_style=False, width=1000))
 
 
-def _image_service(spec: ServiceSpec, config: Config) -> dict[str, Any]:
+def _image_service(spec: ServiceSpec, config: Config, password: str) -> dict[str, Any]:
     """A compose service from ``image``, ``docker_command`` and ``environment``; placeholders see container ports."""
     data_dir = f"{CONTAINER_DATA}/{spec.name}"
-    ctx = context(spec, "0.0.0.0", spec.ports, config.project, data_dir=data_dir)
+    ctx = context(spec, "0.0.0.0", spec.ports, config.project, password=password, data_dir=data_dir)
     body: dict[str, Any] = {"image": spec.image}
     if spec.docker_command:
         body["command"] = [escape(render_string(a, ctx, f"{spec.where} docker_command")) for a in spec.docker_command]

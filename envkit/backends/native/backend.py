@@ -70,6 +70,7 @@ class NativeBackend:
         if run_as:
             os.chown(run_dir, run_as.uid, run_as.gid)
 
+        _password(session, config)  # postgres' password, and what each user service's secret derives from
         self._runs = self._plan(config, session, run_dir, run_as, snapshot)
         running = Running(backend=self.name)
         for group in waves(self._runs):  # each group once the groups before it answer; a group starts side by side
@@ -248,8 +249,13 @@ class NativeBackend:
         stop_groups(targets, _GRACE, self._spawned)
         if run_dir:
             shutil.rmtree(run_dir, ignore_errors=True)
+        self.prepare_next(session)  # unless envkit test/run made it while their command ran
+
+    def prepare_next(self, session: Session) -> None:
+        """The spare the next start renames into place (envkit.backends.native.spares): copied from the cache
+        entry this environment started from, not from its running cluster; nothing when one is waiting."""
         spare = session.resources.get("spare")
-        if spare:  # copied now, renamed into place by the next start (envkit.backends.native.spares)
+        if spare:
             try:
                 run_as = RunAs.for_servers()
                 spares.make(Path(spare["cache"]), Path(spare["entry"]), lambda src, dst: self._copy_in(src, dst, run_as))

@@ -144,7 +144,9 @@ class UserRun(Run):
 
     def _ctx(self) -> dict[str, Any]:
         assert self.config is not None
-        return context(self.spec, ports.HOST, self.ports, self.config.project, data_dir=str(self.data_dir),
+        assert self.session is not None
+        return context(self.spec, ports.HOST, self.ports, self.config.project, password=self.session.password,
+                       data_dir=str(self.data_dir),
                        run_dir=str(self.data_dir.parent.parent))
 
     def prepare(self) -> None:
@@ -192,7 +194,9 @@ class UserRun(Run):
 
     def endpoint(self, port: int) -> ServiceEndpoint:
         assert self.config is not None
-        return endpoint(self.spec, ports.HOST, self.ports, self.config.project, data_dir=str(self.data_dir))
+        assert self.session is not None
+        return endpoint(self.spec, ports.HOST, self.ports, self.config.project, password=self.session.password,
+                        data_dir=str(self.data_dir))
 
 
 def user_run(config: Config, session: Session, spec: ServiceSpec, run_dir: Path, taken: set[int]) -> UserRun:

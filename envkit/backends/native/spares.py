@@ -5,7 +5,9 @@ Starting from the cache means copying a cluster (1,300 files for the demo,
 So when a native environment goes down, envkit copies the entry it started
 from once more, into ``<tmpfs>/.envkit-spares-<uid>/``; the next start on the same
 entry renames that copy into place (one ``rename()``, whatever its size) and
-the copy is off the path the user waits on.
+the copy is off the path the user waits on. ``envkit test`` and ``envkit run``
+make it while their command runs instead (``prepare_next``), so that their
+teardown is off that path too.
 
 - A spare is claimed by renaming it: two runs never get the same one; the
   loser copies from the cache as before.
