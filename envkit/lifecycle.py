@@ -155,7 +155,8 @@ def up(config: Config, *, reporter: Reporter | None = None, backend: Backend | N
         report(name, "done", timings[name], detail(result) if callable(detail) else detail)
         return result
 
-    _preimport("psycopg")
+    if config.postgres.enabled:  # psycopg, for the readiness check and the database stages
+        _preimport("psycopg")
     if config.env:  # user-defined exports are Jinja2 templates: its import (25-50 ms) overlaps the servers' start
         _preimport("jinja2")
     reap_stale(config)

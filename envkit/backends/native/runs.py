@@ -206,7 +206,7 @@ def user_run(config: Config, session: Session, spec: ServiceSpec, run_dir: Path,
         host_ports[name] = ports.free_port(avoid=taken)
         taken.add(host_ports[name])
     command = binary(spec, config.environ)
-    return UserRun(spec.name, port=next(iter(host_ports.values()), 0), strict=True, depends_on=spec.depends_on, poll=0.05,
+    return UserRun(spec.name, port=next(iter(host_ports.values()), 0), strict=True, depends_on=spec.depends_on,
                    ports=host_ports, facts={"binary": command, **({"recipe": spec.recipe} if spec.recipe else {})},
                    spec=spec, config=config, session=session, data_dir=run_dir / "services" / spec.name,
                    log_file=run_dir / f"{spec.name}.log", command=command)
