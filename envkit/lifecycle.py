@@ -382,7 +382,9 @@ def _prepare_next(env: Environment) -> threading.Thread | None:
     def work() -> None:
         try:
             backend.prepare_next(env.session)
-        except Exception as exc:  # noqa: BLE001 - an optimisation: teardown tries again
+        except (Exception, Interrupted) as exc:  # noqa: BLE001 - an optimisation: teardown tries again
+            # Interrupted: a Ctrl-C for the command also stops this copy (its `cp` got the terminal's SIGINT too);
+            # the main thread reports the signal, once, without this thread's traceback
             log.debug("preparing the next start failed: %s", exc)
 
     thread = threading.Thread(target=work, name="envkit-next", daemon=True)
