@@ -20,7 +20,6 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import EnvironmentGone
 from .state import Session
@@ -159,9 +158,9 @@ def _database(session: Session) -> list[Gone]:
     where = f"{pg.host}:{pg.port}"
     admin = pg.admin_url
     if session.backend == "native" and session.resources.get("run_dir"):
-        from .backends.native.backend import admin_url
+        from .services.postgres import admin_socket_url
 
-        admin = admin_url(Path(session.resources["run_dir"]), pg.port)  # its socket: no password exchange
+        admin = admin_socket_url(session.resources["run_dir"], pg.port)  # its socket: no password exchange
     try:
         with connect(admin, connect_timeout=CONNECT_TIMEOUT) as conn:
             rows = conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", (wanted,)).fetchall()

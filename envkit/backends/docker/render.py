@@ -25,7 +25,7 @@ from ...config import Config
 from ...errors import ConfigError
 from ...services import Container, ServiceSpec
 from ...services.container import tmpfs_paths
-from ...services.user import context, secret
+from ...services.user import context, secret, unsupported
 from ...services.user import render as render_string
 
 MAIN = "docker-compose.test.yml.j2"
@@ -186,9 +186,8 @@ def _user_service(env: Any, config: Config, plan: Plan, service: Container[Any],
                 raise ConfigError(f"template {spec.template} sets {key!r}; remove it: {why}")
     elif spec.image:
         body = _image_service(spec, config, plan.password)
-    else:
-        raise ConfigError(f"{spec.where} has neither image nor template, which the docker backend needs: add image = "
-                          "\"name:tag\" (and docker_command), or template = \"NAME.yml.j2\"")
+    else:  # what the docker backend lacks for it, said once (envkit.services.user.unsupported)
+        raise ConfigError(unsupported(spec, "docker", {}) or f"{spec.where} cannot be rendered")
     others = {c.name: c for c in found}
     deps = [d for d in spec.depends_on if d in others]
     if deps:  # compose starts them first; envkit's own readiness wait still holds for every service

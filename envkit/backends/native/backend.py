@@ -365,11 +365,6 @@ def _ours(pid: int, label: str, run_dir: str | None) -> bool:
         return False
 
 
-def admin_url(run_dir: Path, port: int) -> str:
-    """The superuser over the server's socket in its run directory (trust: only this machine's users reach it)."""
-    return postgres_service.admin_socket_url(str(run_dir), port)
-
-
 def _server_env(session: Session) -> dict[str, str]:
     return {"PATH": os.defpath, "TZ": "UTC", "LC_ALL": "C", "ENVKIT_SESSION": session.label}
 
