@@ -25,6 +25,7 @@ from __future__ import annotations
 # Only the standard library at the top: the watchdog runs as a script so that
 # it starts in milliseconds and does not compete for the CPU with the services
 # it watches; envkit itself is imported only when there is something to tear down.
+import atexit
 import json
 import logging
 import os
@@ -50,6 +51,34 @@ LOG_FILE = "watchdog.log"
 #: Marks short-lived helpers (``compose up``) started for a session; ENVKIT_SESSION marks its servers and the watchdog.
 STARTED_BY = "ENVKIT_STARTED_BY"
 _started: dict[int, subprocess.Popen[bytes]] = {}
+_watching: dict[int, tuple[Path, str]] = {}  # pid: (state directory, session label) of each in _started
+
+
+def _reap_started() -> None:
+    """At exit: wait for the watchdogs this process started that have nothing left to watch.
+
+    One left in ``_started`` was never waited for: collected at interpreter exit, its handle said
+    "ResourceWarning: subprocess N is still running" (a zombie counts as running until waited for).
+    One whose session ended or was handed over (``envkit up`` exits right after) would see so within
+    :data:`POLL`: it is stopped now. One still watching a session is left to run: it outlives this
+    process by design, to tear the session down.
+    """
+    for pid, proc in list(_started.items()):
+        if proc.poll() is None:
+            state_dir, label = _watching[pid]
+            data = _read(state_dir)
+            if data == {} or (data and not data.get("detached") and f"{data.get('name')}-{data.get('id')}" == label):
+                continue  # still watching (or the state is being rewritten): it goes on without us
+            proc.terminate()  # its default SIGTERM: it exits at once
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                continue
+        del _started[pid]
+        _watching.pop(pid, None)
+
+
+atexit.register(_reap_started)
 
 
 def start(config: Config, session: Session) -> Callable[[], None]:
@@ -66,11 +95,13 @@ def start(config: Config, session: Session) -> Callable[[], None]:
     for pid, old in list(_started.items()):  # reap those that ended on their own (handed over, torn down)
         if old.poll() is not None:
             del _started[pid]
+            _watching.pop(pid, None)
     import shutil
 
     nice = shutil.which("nice")  # its start-up (an interpreter, ~50 ms of CPU) yields to the run it watches
     proc = spawn([nice, "-n", "10", *argv] if nice else argv, log_path=session.path / LOG_FILE, env=env, cwd=config.root)
     _started[proc.pid] = proc  # it outlives a detached Environment: keep the handle, reap it later
+    _watching[proc.pid] = (session.path, session.label)
 
     def stop() -> None:
         if proc.poll() is None:
@@ -81,6 +112,7 @@ def start(config: Config, session: Session) -> Callable[[], None]:
                 proc.kill()
                 proc.wait()
         _started.pop(proc.pid, None)
+        _watching.pop(proc.pid, None)
 
     return stop
 

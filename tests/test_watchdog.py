@@ -99,3 +99,43 @@ def test_sigkilled_native_run_is_reaped_without_another_command(project: Project
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["session ended", "handed over"])
+def test_a_watchdog_with_nothing_to_watch_is_waited_for_when_its_starter_exits(project: Project, how: str) -> None:
+    # Its handle stays in watchdog._started until the next start(); one never waited for said
+    # "ResourceWarning: subprocess N is still running" when the interpreter collected it at exit
+    # (at the end of every full run of this suite). Handed over, `envkit up` exits before it sees so.
+    project.configure()
+    script = """
+import sys, time
+from pathlib import Path
+import envkit
+from envkit import state, watchdog
+
+config = envkit.load_config(Path(sys.argv[1]), overrides={"backend": "native"})
+session = state.begin(config, "native")
+watchdog.start(config, session)
+[proc] = watchdog._started.values()
+print(proc.pid, flush=True)
+time.sleep(0.3)  # let it start watching
+if sys.argv[2] == "handed over":
+    session.detached = True
+    session.save()
+else:
+    session.remove()  # the watchdog exits on its own
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and watchdog.alive(proc.pid):  # a zombie counts as gone
+        time.sleep(0.02)
+    assert not watchdog.alive(proc.pid)
+assert proc.returncode is None, "not yet waited for"
+"""
+    result = subprocess.run([sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", script,
+                             str(project.root), how], cwd=project.root, env=project.env(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    pid = int(result.stdout)
+    assert "ResourceWarning" not in result.stderr, result.stderr
+    assert not proc_alive(pid), "the watchdog outlived a session it had no more to watch"
+    if how == "handed over":
+        state.load(project.load()).remove()  # type: ignore[union-attr]
