@@ -51,12 +51,16 @@ DECLARE r record;
 BEGIN
   FOR r IN SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname <> 'information_schema'
-             AND n.nspname NOT LIKE 'pg\\_%' AND has_table_privilege(c.oid, 'SELECT')
+             AND n.nspname NOT LIKE 'pg\\_%' AND has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT')
            ORDER BY c.oid LIMIT 100
   LOOP
     EXECUTE format('SELECT 1 FROM %I.%I LIMIT 0', r.nspname, r.relname);
   END LOOP;
 END $envkit$"""
+
+
+#: Connections a clone's engine keeps once its test gives them back (more are closed on return)
+KEPT = 20
 
 
 def opened_engine(url: str) -> Engine:
@@ -73,7 +77,7 @@ def opened_engine(url: str) -> Engine:
     import psycopg
     from sqlalchemy import create_engine
 
-    engine = create_engine(url, pool_size=1, max_overflow=-1)
+    engine = create_engine(url, pool_size=KEPT, max_overflow=-1)
     with engine.connect() as conn:  # rolled back on return, as any released connection is, then kept
         try:
             conn.connection.driver_connection.execute(_WARM_CATALOG)  # type: ignore[union-attr]

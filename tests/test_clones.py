@@ -90,3 +90,29 @@ def test_a_failing_clone_reaches_the_test() -> None:
         pool.take()
     pool.close()
     assert next(calls) <= 3  # the threads stopped trying after the first failure
+
+
+def test_work_that_can_wait_waits_for_a_quiet_moment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond LOW clones ahead, and for drops, the threads wait until no test has taken or given back a clone
+    for QUIET seconds (the test's setup and teardown go first); below LOW they make one at once."""
+    from envkit import clones
+
+    monkeypatch.setattr(clones, "QUIET", 0.5)
+    server = Server(delay=0.005)
+    pool = ClonePool(server.make, server.drop, size=4, threads=2)
+    pool.expect(20)
+    assert wait_until(lambda: server.made == 4)  # nothing taken yet: quiet from the start
+    first = pool.take()  # 3 still ahead: the next one can wait
+    time.sleep(0.25)
+    assert server.made == 4
+    assert wait_until(lambda: server.made == 5, timeout=2.0)  # once quiet
+    taken = [pool.take() for _ in range(3)]  # 1 ahead left: below LOW, made at once however busy
+    assert wait_until(lambda: server.made >= 6, timeout=0.3)
+    pool.give_back(first)  # a drop can wait
+    time.sleep(0.25)
+    assert first.database in server.live
+    assert wait_until(lambda: first.database not in server.live, timeout=2.0)
+    for pg in taken:
+        pool.give_back(pg)
+    pool.close()
+    assert server.live == set()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Project
+from conftest import Project, wait_until
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.native
@@ -541,3 +541,47 @@ def test_clone_isolation_from_the_pool(handed_over: SharedEnv, pytester: pytest.
     result.assert_outcomes(passed=12)
     assert shared.databases() == before
     assert (shared.count("items"), shared.count("users")) == (0, 2)
+
+
+def test_a_clone_engine_keeps_what_its_test_gives_back_and_a_failed_warm_up_is_harmless(
+        shared: SharedEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine a clone test gets (isolation.opened_engine, run in the pool's threads): one connection open
+    ahead, connections given back kept for the next connect() rather than closed on the test's thread, all of
+    them closed by dispose(); a catalog warm-up that fails leaves a usable connection."""
+    from sqlalchemy import text
+
+    from envkit import isolation
+
+    e = shared.exports
+    template = json.loads(shared.state_file.read_text())["template_database"]
+    name = f"{template}_engine_probe"
+    url = f"postgresql+psycopg://{e['PGUSER']}:{e['PGPASSWORD']}@{e['PGHOST']}:{e['PGPORT']}/{name}"
+
+    def backends() -> int:
+        with shared.connect("postgres") as conn:
+            return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).fetchone()[0]
+
+    with shared.connect("postgres") as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        engine = isolation.opened_engine(url)
+        assert backends() == 1  # opened ahead
+        with engine.connect() as a, engine.connect() as b:
+            pids = {a.execute(text("SELECT pg_backend_pid()")).scalar(), b.execute(text("SELECT pg_backend_pid()")).scalar()}
+            a.execute(text("INSERT INTO items (name) VALUES ('left uncommitted')"))
+        assert len(pids) == 2 and backends() == 2  # both kept, none closed on return
+        with engine.connect() as c:
+            assert c.execute(text("SELECT pg_backend_pid()")).scalar() in pids
+            assert c.execute(text("SELECT count(*) FROM items")).scalar() == 0  # rolled back when given back
+        engine.dispose()
+        assert wait_until(lambda: backends() == 0)
+
+        monkeypatch.setattr(isolation, "_WARM_CATALOG", "SELECT 1 FROM no_such_table")
+        engine = isolation.opened_engine(url)
+        with engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM users")).scalar() == 2
+        engine.dispose()
+    finally:
+        with shared.connect("postgres") as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    assert name not in shared.databases()

@@ -19,7 +19,6 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,24 +37,36 @@ log = logging.getLogger("envkit")
 Apply = Callable[[Config, "PostgresEndpoint", Mapping[str, str]], str]
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: every start imports this module (the two dataclasses cost ~1 ms to make).
 class Readiness:
     """What ``envkit doctor`` reports for a kind; a finding that names a ``fix`` is one "ready" needs."""
 
-    ok: bool
-    detail: str
-    fix: str = ""
+    __slots__ = ("detail", "fix", "ok")
+
+    def __init__(self, ok: bool, detail: str, fix: str = "") -> None:
+        self.ok = ok
+        self.detail = detail
+        self.fix = fix
+
+    def __repr__(self) -> str:
+        return f"Readiness(ok={self.ok!r}, detail={self.detail!r}, fix={self.fix!r})"
 
 
-@dataclass(frozen=True)
 class MigrationKind:
     """One value of ``migrations.kind``: everything the rest of envkit needs to know about it."""
 
-    name: str
-    apply: Apply | None  # migrate, returning a one-line description; None: there is nothing to apply
-    files: Callable[[Config], list[Path]]  # what decides the result: hashed into the snapshot key and the staleness check
-    check: Callable[[Config], Readiness]  # for envkit doctor
-    cacheable: bool = True  # its files decide its result, so a snapshot may stand in for running it
+    __slots__ = ("apply", "cacheable", "check", "files", "name")
+
+    def __init__(self, name: str, apply: Apply | None, files: Callable[[Config], list[Path]],
+                 check: Callable[[Config], Readiness], cacheable: bool = True) -> None:
+        self.name = name
+        self.apply = apply  # migrate, returning a one-line description; None: there is nothing to apply
+        self.files = files  # what decides the result: hashed into the snapshot key and the staleness check
+        self.check = check  # for envkit doctor
+        self.cacheable = cacheable  # its files decide its result, so a snapshot may stand in for running it
+
+    def __repr__(self) -> str:
+        return f"MigrationKind({self.name!r})"
 
 
 def kind_of(config: Config) -> str:

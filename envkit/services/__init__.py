@@ -14,14 +14,20 @@ back endpoints, typed records that the state file keeps as they are
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..config import Config
-from . import postgres, redis, user
-from .container import Container
+from . import postgres, redis
 from .postgres import PostgresEndpoint
 from .redis import RedisEndpoint
-from .user import Probe, ServiceEndpoint, ServiceSpec, recipes, specs, unsupported, waves
+
+if TYPE_CHECKING:
+    from .container import Container
+    from .user import Probe, ServiceEndpoint, ServiceSpec, recipes, unsupported
+
+    Endpoint = PostgresEndpoint | RedisEndpoint | ServiceEndpoint
 
 __all__ = [
     "BUILTIN",
@@ -43,15 +49,65 @@ __all__ = [
     "waves",
 ]
 
-Endpoint = PostgresEndpoint | RedisEndpoint | ServiceEndpoint
+#: Imported on first use: a project without ``[services.NAME]`` never needs the user services' module (its
+#: records, checks and recipe loader), nor a native start the container records.
+_LAZY = {"Container": "container", "Probe": "user", "ServiceEndpoint": "user", "ServiceSpec": "user",
+         "recipes": "user", "unsupported": "user"}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Endpoint":
+        from .user import ServiceEndpoint
+
+        value: Any = PostgresEndpoint | RedisEndpoint | ServiceEndpoint
+    elif name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 #: The built-in services, by name: their module and endpoint type.
 BUILTIN: dict[str, type[PostgresEndpoint] | type[RedisEndpoint]] = {"postgres": PostgresEndpoint, "redis": RedisEndpoint}
 
 
+def specs(config: Config) -> list[ServiceSpec]:
+    """The configured user services (``[services.NAME]``), each after what it depends on (:func:`.user.specs`)."""
+    if not config.services:
+        return []
+    from .user import specs as user_specs
+
+    return user_specs(config)
+
+
+class _Ordered(Protocol):
+    name: str
+    depends_on: tuple[str, ...]
+
+
+T = TypeVar("T", bound=_Ordered)
+
+
+def waves(user: Sequence[T]) -> list[list[T]]:
+    """The services in groups that may start side by side: each group needs only the groups before it.
+
+    ``user`` is in dependency order (:func:`specs`); a name it depends on but does not hold is started already.
+    """
+    level: dict[str, int] = {}
+    for spec in user:
+        level[spec.name] = max((level[d] + 1 for d in spec.depends_on if d in level), default=0)
+    groups: dict[int, list[T]] = {}
+    for spec in user:
+        groups.setdefault(level[spec.name], []).append(spec)
+    return [groups[k] for k in sorted(groups)]
+
+
 def containers(config: Config, password: str) -> list[Container[Any]]:
     """What a container backend runs for ``config``: the enabled built-ins, then the user services, each after
     what it depends on. ``password`` is the environment's (:func:`password`)."""
+    from . import user
+
     builtin = [found for module in (postgres, redis) if (found := module.container(config, password)) is not None]
     return [*builtin, *(user.container(spec, config, password) for spec in specs(config))]
 
@@ -77,6 +133,8 @@ def from_record(records: dict[str, dict[str, Any]], admin_url: str | None = None
         elif kind == "redis":
             out[name] = RedisEndpoint.from_record(data)
         elif kind == "service":
+            from .user import ServiceEndpoint
+
             out[name] = ServiceEndpoint.from_record(data)
     return out
 
@@ -107,4 +165,5 @@ class Running:
     @property
     def user(self) -> dict[str, ServiceEndpoint]:
         """The user-defined services' endpoints."""
-        return {n: ep for n, ep in self.services.items() if isinstance(ep, ServiceEndpoint)}
+        # by kind, not isinstance: the user services' module is imported only for a configuration that has some
+        return {n: ep for n, ep in self.services.items() if ep.kind == "service"}  # type: ignore[misc]

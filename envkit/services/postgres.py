@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..config import Config
-from .container import Container, Port, tmpfs_paths
+
+if TYPE_CHECKING:
+    from .container import Container
 
 NAME = "postgres"
 CONTAINER_PORT = 5432
@@ -147,6 +149,8 @@ def container(config: Config, password: str) -> Container[PostgresEndpoint] | No
 
     ``password`` is the app role's, a superuser (the image's ``POSTGRES_USER``).
     """
+    from .container import Container, Port
+
     pg = config.postgres
     if not pg.enabled:
         return None
@@ -194,6 +198,8 @@ def tmpfs(image: str, pgdata: str | None = None, volumes: list[str] | None = Non
         if (major is None and _tag(image) in ("", "latest", "alpine", "bookworm", "trixie")) or (major or 0) >= 18:
             return ["/var/lib/postgresql"]
         return [PGDATA]
+    from .container import tmpfs_paths
+
     return tmpfs_paths(volumes or [], pgdata or PGDATA)
 
 

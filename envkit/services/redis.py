@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 import socket
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ..config import Config
-from .container import Container, Port, tmpfs_paths
 from .postgres import bracket
+
+if TYPE_CHECKING:
+    from .container import Container
 
 NAME = "redis"
 CONTAINER_PORT = 6379
@@ -100,6 +102,8 @@ def _at_least(version: str, wanted: tuple[int, ...]) -> bool:
 def container(config: Config, password: str) -> Container[RedisEndpoint] | None:
     """The official image (or one like it) as a container backend runs it; None when disabled. envkit's Redis
     takes no password: ``password`` is not used."""
+    from .container import Container, Port, tmpfs_paths
+
     rd = config.redis
     if not rd.enabled:
         return None

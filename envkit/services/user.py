@@ -23,14 +23,16 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..errors import BackendUnavailable, ConfigError
-from .container import Container, Port
+
+if TYPE_CHECKING:
+    from .container import Container
 
 PROBES = ("tcp", "http", "command", "log", "health")
 BUILTIN = ("postgres", "redis")
@@ -128,28 +130,6 @@ def _ordered(found: list[ServiceSpec]) -> list[ServiceSpec]:
     for spec in found:
         visit(spec)
     return out
-
-
-class _Ordered(Protocol):
-    name: str
-    depends_on: tuple[str, ...]
-
-
-T = TypeVar("T", bound=_Ordered)
-
-
-def waves(user: Sequence[T]) -> list[list[T]]:
-    """The services in groups that may start side by side: each group needs only the groups before it.
-
-    ``user`` is in dependency order (:func:`specs`); a name it depends on but does not hold is started already.
-    """
-    level: dict[str, int] = {}
-    for spec in user:
-        level[spec.name] = max((level[d] + 1 for d in spec.depends_on if d in level), default=0)
-    groups: dict[int, list[T]] = {}
-    for spec in user:
-        groups.setdefault(level[spec.name], []).append(spec)
-    return [groups[k] for k in sorted(groups)]
 
 
 def recipes() -> list[str]:
@@ -484,6 +464,8 @@ def endpoint(spec: ServiceSpec, host: str, host_ports: Mapping[str, int], projec
 def container(spec: ServiceSpec, config: Config, password: str) -> Container[ServiceEndpoint]:
     """``spec`` as a container backend runs it: its ports on host ports the engine picks, its exports rendered
     once they are known; the backend renders its template or image and probes it as ``spec.probe`` says."""
+    from .container import Container, Port
+
     return Container(spec.name, spec.image, {name: Port(port) for name, port in spec.ports.items()},
                      lambda host, ports: endpoint(spec, host, ports, config.project, password=password), spec.template,
                      facts=lambda ep: {"image": spec.image or spec.template or ""},

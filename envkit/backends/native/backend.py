@@ -129,7 +129,11 @@ class NativeBackend:
                 password=_password(session, config),
                 prepare_cluster=lambda: self._prepare_cluster(config, session, bins, run_dir / "pgdata", snapshot,
                                                               run_as)))
-        planned += [runs.user_run(config, session, spec, run_dir, taken) for spec in specs(config)]
+        user = specs(config)
+        if user:  # only then the user services' modules
+            from .user_runs import user_run
+
+            planned += [user_run(config, session, spec, run_dir, taken) for spec in user]
         return planned
 
     def _ready(self, session: Session, run: runs.Run, timeout: float, root: Path) -> int:
