@@ -87,16 +87,12 @@ def envkit_db(request: pytest.FixtureRequest, envkit_env: EnvkitEnv) -> Iterator
                     raise  # a lock timeout and the like: the test's own doing, reported as it is
                 plugin.close_restore_connection()  # the server dropped it (a test terminated backends): anew
     else:
-        from sqlalchemy import create_engine
-        from sqlalchemy.pool import NullPool
-
         try:
             clone = space.clone()  # made ahead by the pool, its engine's first connection open (Workspace.prepare)
         except EnvkitError as exc:
             pytest.fail(f"envkit: {exc}", pytrace=False)
         pg = clone.postgres
-        if clone.engine is None:
-            clone.engine = create_engine(pg.url(), poolclass=NullPool)
+        assert clone.engine is not None  # the plugin's Workspace.prepare made it (isolation.opened_engine)
         try:
             with patched({"DATABASE_URL": pg.url(), "PGDATABASE": pg.database}):
                 yield EnvkitDatabase(mode, pg, clone.engine, envkit_env.async_driver)
